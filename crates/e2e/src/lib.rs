@@ -1,0 +1,215 @@
+//! Shared helpers for the chart, RBAC and end-to-end tests in `tests/`.
+//!
+//! The tests drive the real `helm` binary (installed by `scripts/k8s/install-tools.sh`) against
+//! the chart in `charts/seshn-segment` and, for installs, the real kube-apiserver of the
+//! [`testbed`] crate. Nothing here talks to anything but 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::{Api, Client};
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("repository root: {e}"))
+}
+
+/// The chart directory, `charts/seshn-segment`.
+pub fn chart_dir() -> PathBuf {
+    repo_root().join("charts/seshn-segment")
+}
+
+/// Every `examples/values-*.yaml` (chart values examples), sorted.
+pub fn example_values_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("examples"))
+        .unwrap_or_else(|e| panic!("reading examples/: {e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with("values-")
+                && p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("yaml"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// What a helm run produced.
+#[derive(Debug)]
+pub struct HelmOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl HelmOutput {
+    /// Panics with both streams unless helm succeeded.
+    #[track_caller]
+    #[allow(clippy::return_self_not_must_use)]
+    pub fn expect_ok(self, what: &str) -> Self {
+        assert!(
+            self.success,
+            "{what} failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A helm invocation with its caches and config in a private temporary directory, so tests
+/// never touch (or depend on) the user's helm setup.
+#[derive(Debug)]
+pub struct Helm {
+    home: tempfile::TempDir,
+    kubeconfig: Option<PathBuf>,
+}
+
+impl Default for Helm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Helm {
+    /// Helm without a cluster (lint, template).
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap_or_else(|e| panic!("helm home: {e}")),
+            kubeconfig: None,
+        }
+    }
+
+    /// Helm talking to the cluster of `kubeconfig`.
+    pub fn with_kubeconfig(kubeconfig: &Path) -> Self {
+        Self {
+            kubeconfig: Some(kubeconfig.to_owned()),
+            ..Self::new()
+        }
+    }
+
+    /// Runs helm with `args` and waits (bounded by helm's own `--timeout` where relevant).
+    pub fn run<I, S>(&self, args: I) -> HelmOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(testbed::helm());
+        let home = self.home.path();
+        cmd.env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env_remove("KUBECONFIG")
+            .env_remove("HELM_NAMESPACE")
+            .stdin(Stdio::null());
+        if let Some(kc) = &self.kubeconfig {
+            cmd.arg("--kubeconfig").arg(kc);
+        }
+        cmd.args(args);
+        let out = cmd.output().unwrap_or_else(|e| panic!("running helm: {e}"));
+        HelmOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `helm template <release> <chart> -n <namespace> <extra...>`, parsed into documents.
+    #[track_caller]
+    pub fn template(&self, release: &str, namespace: &str, extra: &[&str]) -> Vec<Value> {
+        let chart = chart_dir().display().to_string();
+        let mut args: Vec<&str> = vec!["template", release, &chart, "--namespace", namespace];
+        args.extend_from_slice(extra);
+        let out = self.run(args).expect_ok("helm template");
+        parse_manifests(&out.stdout)
+    }
+}
+
+/// Parses a multi-document YAML stream, skipping empty documents.
+pub fn parse_manifests(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize as _;
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("rendered YAML: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The documents of `kind` (optionally also matching `name`).
+pub fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// Exactly one document of `kind`.
+#[track_caller]
+pub fn one_of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = of_kind(docs, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind}, found {}",
+        found.len()
+    );
+    found[0]
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The bearer token of a ServiceAccount, from the token Secret that the 1.20
+/// kube-controller-manager creates for it (the chart's ServiceAccount, not the admin).
+pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("a token Secret for ServiceAccount {namespace}/{name}"),
+        Duration::from_secs(60),
+        || {
+            let (sas, secrets) = (sas.clone(), secrets.clone());
+            async move {
+                let sa = sas.get_opt(name).await.ok()??;
+                for r in sa.secrets.unwrap_or_default() {
+                    let Some(secret_name) = r.name else { continue };
+                    let Ok(Some(secret)) = secrets.get_opt(&secret_name).await else {
+                        continue;
+                    };
+                    if secret.type_.as_deref() != Some("kubernetes.io/service-account-token") {
+                        continue;
+                    }
+                    if let Some(token) = secret.data.and_then(|mut d| d.remove("token")) {
+                        return String::from_utf8(token.0).ok();
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await
+}
+
+/// True when `err` is the apiserver refusing for lack of permission (HTTP 403).
+pub fn is_forbidden(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 403)
+}
