@@ -1,0 +1,4 @@
+//! Seshn: webhook signature verification and the webhooks management API client.
+
+pub mod signature;
+pub mod webhooks;
