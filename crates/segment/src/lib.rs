@@ -1,0 +1,24 @@
+//! Segment message model, size-aware batcher and HTTP client with retries.
+//!
+//! - [`BatchBuilder`] packs already-serialised messages ([`RawMessage`]) into batches that stay
+//!   within Segment's limits ([`Limits`]: 32 KB per message, 500 KB per request, 2,500 messages),
+//!   counting the bytes of the final body exactly.
+//! - [`Client`] makes one delivery attempt to a [`Destination`] (Segment-compatible `/v1/batch`,
+//!   a JSON-lines file, or stdout) and classifies the answer ([`SendError`]).
+//! - [`send_with_retries`] retries with [`RetryPolicy`] backoff until accepted, rejected or a
+//!   deadline.
+
+mod batch;
+mod client;
+mod destination;
+mod retry;
+mod time;
+
+pub use batch::{BatchBuilder, Limits, PushError, RawMessage};
+pub use client::{
+    Client, ClientConfig, ClientError, DEFAULT_USER_AGENT, MAX_RETRY_AFTER, SendError, classify,
+    install_crypto_provider, parse_retry_after,
+};
+pub use destination::{Destination, DestinationError};
+pub use retry::{DeliveryError, RetryPolicy, send_with_retries};
+pub use time::{RFC3339_MILLIS_LEN, rfc3339_millis};
