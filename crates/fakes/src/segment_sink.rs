@@ -368,7 +368,7 @@ async fn serve_connection(
         hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
             let kill = Arc::clone(&kill);
-            async move { Ok::<_, Infallible>(handle(&shared, &kill, req).await) }
+            async move { Ok::<_, Infallible>(handle(shared, &kill, req).await) }
         })
     };
     let conn =
@@ -401,7 +401,8 @@ fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<St
         .map(str::to_owned)
 }
 
-async fn handle(shared: &Shared, kill: &Notify, req: Request<Incoming>) -> Answer {
+async fn handle(shared_arc: Arc<Shared>, kill: &Notify, req: Request<Incoming>) -> Answer {
+    let shared: &Shared = &shared_arc;
     let c = &shared.counters;
     bump(&c.requests, 1);
     if req.uri().path() != "/v1/batch" {
@@ -455,6 +456,9 @@ async fn handle(shared: &Shared, kill: &Notify, req: Request<Incoming>) -> Answe
         }
     };
 
+    if let Some(record) = record.as_mut() {
+        record.body = serde_json::from_slice(&body).ok();
+    }
     let fault = shared.lock().faults.pop_front();
     if let Some(fault) = fault {
         bump(&c.faults_served, 1);
@@ -477,7 +481,22 @@ async fn handle(shared: &Shared, kill: &Notify, req: Request<Incoming>) -> Answe
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 return finish(shared, record, resp);
             }
-            Fault::Delay(wait) => tokio::time::sleep(wait).await,
+            Fault::Delay(wait) => {
+                // Finish in a task of its own: a client that gives up closes the connection,
+                // which drops this handler, yet the batch must still land, as on a real server
+                // that was merely slow (this is what produces duplicates worth deduping).
+                let shared = Arc::clone(&shared_arc);
+                let job = tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    respond(&shared, basic_key.as_deref(), &body, record)
+                });
+                return job.await.unwrap_or_else(|_| {
+                    answer(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        r#"{"code":"internal","message":"sink task failed"}"#,
+                    )
+                });
+            }
             Fault::DropConnection => {
                 if let Some(record) = record {
                     shared.lock().requests.push(record);
@@ -488,8 +507,18 @@ async fn handle(shared: &Shared, kill: &Notify, req: Request<Incoming>) -> Answe
             }
         }
     }
+    respond(shared, basic_key.as_deref(), &body, record)
+}
+
+/// Answers a batch request that consumed no fault: 503 during an outage, else Segment's rules.
+fn respond(
+    shared: &Shared,
+    basic_key: Option<&str>,
+    body: &[u8],
+    record: Option<RecordedRequest>,
+) -> Answer {
     if shared.outage.load(Ordering::SeqCst) {
-        bump(&c.outage_rejections, 1);
+        bump(&shared.counters.outage_rejections, 1);
         return finish(
             shared,
             record,
@@ -499,7 +528,7 @@ async fn handle(shared: &Shared, kill: &Notify, req: Request<Incoming>) -> Answe
             ),
         );
     }
-    let resp = process(shared, basic_key.as_deref(), &body, record.as_mut());
+    let resp = process(shared, basic_key, body);
     finish(shared, record, resp)
 }
 
@@ -614,16 +643,8 @@ fn validate(raw: &RawValue) -> Option<String> {
     Some(id.into_owned())
 }
 
-fn process(
-    shared: &Shared,
-    basic_key: Option<&str>,
-    body: &[u8],
-    record: Option<&mut RecordedRequest>,
-) -> Answer {
+fn process(shared: &Shared, basic_key: Option<&str>, body: &[u8]) -> Answer {
     let c = &shared.counters;
-    if let Some(record) = record {
-        record.body = serde_json::from_slice(body).ok();
-    }
     let Ok(parsed) = serde_json::from_slice::<BatchBody<'_>>(body) else {
         return reject(
             shared,
