@@ -105,7 +105,26 @@ struct Shared {
     store: Store,
     faults: VecDeque<(Option<Op>, Fault)>,
     latency: Duration,
-    calls: Vec<Call>,
+    /// The most recent calls (at most [`MAX_CALL_LOG`]).
+    calls: VecDeque<Call>,
+    /// Exact counts per (API key, operation), kept apart from the capped log.
+    counts: HashMap<(Option<String>, Op), usize>,
+}
+
+/// How many calls the log keeps, so a long-running `fake-seshn` does not grow without bound.
+pub const MAX_CALL_LOG: usize = 100_000;
+
+impl Shared {
+    fn record(&mut self, call: Call) {
+        *self
+            .counts
+            .entry((call.api_key.clone(), call.op))
+            .or_default() += 1;
+        if self.calls.len() >= MAX_CALL_LOG {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(call);
+    }
 }
 
 type App = Arc<Mutex<Shared>>;
@@ -237,28 +256,35 @@ impl FakeSeshn {
         lock(&self.app).latency = latency;
     }
 
-    /// Every request so far, in arrival order of their answers.
+    /// The requests so far (the last [`MAX_CALL_LOG`]), in the order they were answered.
     pub fn calls(&self) -> Vec<Call> {
-        lock(&self.app).calls.clone()
+        lock(&self.app).calls.iter().cloned().collect()
     }
 
     /// How many requests of `op` arrived.
     pub fn call_count(&self, op: Op) -> usize {
-        lock(&self.app).calls.iter().filter(|c| c.op == op).count()
+        lock(&self.app)
+            .counts
+            .iter()
+            .filter(|((_, o), _)| *o == op)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// How many requests of `op` arrived with `api_key`.
     pub fn call_count_for(&self, api_key: &str, op: Op) -> usize {
         lock(&self.app)
-            .calls
-            .iter()
-            .filter(|c| c.op == op && c.api_key.as_deref() == Some(api_key))
-            .count()
+            .counts
+            .get(&(Some(api_key.to_owned()), op))
+            .copied()
+            .unwrap_or(0)
     }
 
-    /// Forgets the call log.
+    /// Forgets the call log and counts.
     pub fn reset_calls(&self) {
-        lock(&self.app).calls.clear();
+        let mut shared = lock(&self.app);
+        shared.calls.clear();
+        shared.counts.clear();
     }
 }
 
@@ -351,7 +377,7 @@ async fn handle(
         _ => run(&mut lock(app).store, key.as_deref()),
     };
     let lost = matches!(fault, Some(Fault::LoseAnswer));
-    lock(app).calls.push(Call {
+    lock(app).record(Call {
         op,
         status: if lost { 0 } else { reply.status },
         api_key: key,

@@ -235,6 +235,10 @@ fn network_reason(e: reqwest::Error) -> String {
     format!("{prefix}: {}", error_chain(&e))
 }
 
+fn elapsed_ms(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SeshnError> {
     // serde_json's message names the field and position, never the values.
     serde_json::from_slice(body).map_err(|e| SeshnError::Decode {
@@ -472,17 +476,24 @@ impl SeshnClient {
         if let Some(timeout) = self.timeout {
             request = request.timeout(timeout);
         }
+        let started = std::time::Instant::now();
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 self.observe(op, 0);
-                return Err(SeshnError::Network {
-                    reason: network_reason(e),
-                });
+                let reason = network_reason(e);
+                tracing::debug!(op, elapsed_ms = elapsed_ms(started), %reason, "Seshn call failed");
+                return Err(SeshnError::Network { reason });
             }
         };
         let status = response.status();
         self.observe(op, status.as_u16());
+        tracing::debug!(
+            op,
+            status = status.as_u16(),
+            elapsed_ms = elapsed_ms(started),
+            "Seshn call"
+        );
         let headers = std::mem::take(response.headers_mut());
         let mut body = Vec::new();
         loop {
