@@ -42,6 +42,23 @@ pub fn example_values_files() -> Vec<PathBuf> {
     files
 }
 
+/// Every `examples/*.yaml` that is a Kubernetes manifest (not a `values-*.yaml`), sorted.
+pub fn example_manifest_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("examples"))
+        .unwrap_or_else(|e| panic!("reading examples/: {e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            !name.starts_with("values-")
+                && p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("yaml"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// What a helm run produced.
 #[derive(Debug)]
 pub struct HelmOutput {
