@@ -235,6 +235,11 @@ fn network_reason(e: reqwest::Error) -> String {
     format!("{prefix}: {}", error_chain(&e))
 }
 
+/// 404, or 410 should Seshn ever say a deleted webhook is gone for good.
+fn is_gone(status: StatusCode) -> bool {
+    status == StatusCode::NOT_FOUND || status == StatusCode::GONE
+}
+
 fn elapsed_ms(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -344,7 +349,7 @@ impl SeshnClient {
         Err(self.classify(&answer, req.secret.as_deref()))
     }
 
-    /// Reads one webhook; `Ok(None)` when Seshn does not know it (404).
+    /// Reads one webhook; `Ok(None)` when Seshn does not know it (404 or 410).
     pub async fn get(&self, id: &str) -> Result<Option<Webhook>, SeshnError> {
         let answer = self
             .call(
@@ -356,7 +361,7 @@ impl SeshnClient {
                 None,
             )
             .await?;
-        if answer.status == StatusCode::NOT_FOUND {
+        if is_gone(answer.status) {
             return Ok(None);
         }
         if answer.status.is_success() {
@@ -405,7 +410,7 @@ impl SeshnClient {
         })
     }
 
-    /// Changes a webhook; `NotFound` when it is gone.
+    /// Changes a webhook; `NotFound` when it is gone (404 or 410).
     pub async fn update(&self, id: &str, patch: &WebhookPatch) -> Result<Webhook, SeshnError> {
         let body = wire::PatchBody {
             url: patch.url.as_deref(),
@@ -427,7 +432,7 @@ impl SeshnClient {
         Err(self.classify(&answer, None))
     }
 
-    /// Deletes a webhook; a 404 counts as done.
+    /// Deletes a webhook; a 404 (or 410) counts as done.
     pub async fn delete(&self, id: &str) -> Result<Deleted, SeshnError> {
         let answer = self
             .call(
@@ -439,7 +444,7 @@ impl SeshnClient {
                 None,
             )
             .await?;
-        if answer.status == StatusCode::NOT_FOUND {
+        if is_gone(answer.status) {
             return Ok(Deleted::AlreadyGone);
         }
         if answer.status.is_success() {
@@ -533,7 +538,7 @@ impl SeshnClient {
         let message = || self.sanitize(wire::error_message(&answer.body), status, request_secret);
         match status {
             401 | 403 => SeshnError::Unauthorized { status },
-            404 => SeshnError::NotFound,
+            404 | 410 => SeshnError::NotFound,
             409 => SeshnError::Conflict { message: message() },
             429 => SeshnError::RateLimited {
                 retry_after: wire::retry_after(&answer.headers),

@@ -315,6 +315,44 @@ async fn server_errors_map_and_do_nothing() {
 }
 
 #[tokio::test]
+async fn unusual_statuses_map_sensibly() {
+    let fake = fake().await;
+    let client = client_for(&fake, KEY);
+    fake.inject(Some(Op::Get), Fault::Status(410));
+    assert_eq!(client.get("wh_1").await.unwrap(), None);
+    fake.inject(Some(Op::Delete), Fault::Status(410));
+    assert_eq!(client.delete("wh_1").await.unwrap(), Deleted::AlreadyGone);
+    fake.inject(Some(Op::Update), Fault::Status(410));
+    assert_eq!(
+        client
+            .update("wh_1", &WebhookPatch::default())
+            .await
+            .unwrap_err(),
+        SeshnError::NotFound
+    );
+    fake.inject(Some(Op::Get), Fault::Status(408));
+    assert_eq!(
+        client.get("wh_1").await.unwrap_err(),
+        SeshnError::Server { status: 408 }
+    );
+    // Redirects are not followed (they would carry the bearer key elsewhere).
+    fake.inject(Some(Op::List), Fault::Status(302));
+    let err = client.list_all().await.unwrap_err();
+    assert!(
+        matches!(err, SeshnError::Invalid { status: 302, .. }),
+        "{err:?}"
+    );
+    fake.inject(Some(Op::Get), Fault::Status(418));
+    match client.get("wh_1").await.unwrap_err() {
+        SeshnError::Invalid { status, message } => {
+            assert_eq!(status, 418);
+            assert_eq!(message, "injected failure");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn invalid_requests_map_to_invalid_with_the_message() {
     let fake = fake().await;
     let client = client_for(&fake, KEY);
