@@ -245,10 +245,24 @@ fn elapsed_ms(started: std::time::Instant) -> u64 {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SeshnError> {
-    // serde_json's message names the field and position, never the values.
     serde_json::from_slice(body).map_err(|e| SeshnError::Decode {
-        reason: e.to_string(),
+        reason: redact_quoted(&e.to_string()),
     })
+}
+
+/// serde_json quotes the offending value in some messages (`invalid type: string "..."`); that
+/// value could be a secret in a misshapen answer, so everything between double quotes goes.
+/// Field names (in backticks) and positions stay: they are what one needs to debug.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("\"…\"");
+        }
+    }
+    out
 }
 
 /// A complete answer.
@@ -576,6 +590,24 @@ impl SeshnClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_keep_field_names_but_not_values() {
+        let err = decode::<wire::ListPage>(
+            br#"{"data":[{"id":"wh_1","url":"u","secret":7}],"hasMore":"hunter2"}"#,
+        )
+        .err()
+        .unwrap();
+        let text = err.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("line 1"), "{text}");
+        let err = decode::<wire::ListPage>(br#"{"hasMore":false}"#)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`data`"), "{err}");
+        // An unterminated quote is redacted to the end.
+        assert_eq!(redact_quoted(r#"a "b" c "d"#), r#"a "…" c "…""#);
+    }
 
     #[test]
     fn base_urls_are_normalised() {
