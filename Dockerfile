@@ -8,7 +8,8 @@
 # Runtime: distroless cc (glibc + libgcc, CA certificates, no shell, no package manager),
 # user nonroot (65532:65532), matching the chart's runAsUser and readOnlyRootFilesystem.
 
-ARG RUST_VERSION=1.90
+# The toolchain the repository is built and tested with (rust-version in Cargo.toml is the minimum).
+ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
