@@ -5,12 +5,14 @@
 //!   counting the bytes of the final body exactly.
 //! - [`Client`] makes one delivery attempt to a [`Destination`] (Segment-compatible `/v1/batch`,
 //!   a JSON-lines file, or stdout) and classifies the answer ([`SendError`]).
+//! - [`validate_message`] applies the per-message checks Segment makes after answering 200.
 //! - [`send_with_retries`] retries with [`RetryPolicy`] backoff until accepted, rejected or a
 //!   deadline.
 
 mod batch;
 mod client;
 mod destination;
+mod message;
 mod retry;
 mod time;
 
@@ -20,5 +22,6 @@ pub use client::{
     install_crypto_provider, parse_retry_after,
 };
 pub use destination::{Destination, DestinationError};
+pub use message::{InvalidMessage, MAX_MESSAGE_ID_CHARS, validate_message};
 pub use retry::{DeliveryError, RetryPolicy, send_with_retries};
 pub use time::{RFC3339_MILLIS_LEN, rfc3339_millis};

@@ -502,3 +502,34 @@ async fn builder_batches_are_accepted_by_the_sink_at_the_limits() {
     assert_eq!(sink.stats().rejected_400, 0);
     assert_eq!(sink.unique_messages().len(), 60);
 }
+
+#[tokio::test]
+async fn validate_message_agrees_with_the_sink() {
+    // Whatever validate_message accepts, Segment's rules (as the sink applies them) keep, and
+    // whatever it refuses would be dropped silently behind a 200.
+    let sink = SegmentSink::start(KEY).await.unwrap();
+    let client = client_for(&sink, Duration::from_secs(10));
+    let cases = [
+        serde_json::json!({"type":"track","event":"E","messageId":"ok-1","userId":"u"}),
+        serde_json::json!({"type":"identify","messageId":"ok-2","anonymousId":"a","traits":{}}),
+        serde_json::json!({"type":"page","messageId":"ok-3","userId":5}),
+        serde_json::json!({"type":"track","messageId":"bad-1","userId":"u"}),
+        serde_json::json!({"type":"track","event":"E","messageId":"bad-2"}),
+        serde_json::json!({"type":"nope","event":"E","messageId":"bad-3","userId":"u"}),
+        serde_json::json!({"type":"track","event":"E","messageId":"x".repeat(100),"userId":"u"}),
+        serde_json::json!({"type":"track","event":"E","userId":"u"}),
+        serde_json::json!(["not", "an", "object"]),
+    ];
+    let mut expected = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let raw = RawValue::from_string(case.to_string()).unwrap();
+        let valid = segment::validate_message(&raw).is_ok();
+        assert_eq!(valid, i < 3, "case {i}");
+        client.send(&[raw]).await.unwrap();
+        if valid {
+            expected.push(case.clone());
+        }
+    }
+    assert_eq!(sink.messages(), expected);
+    assert_eq!(sink.stats().invalid_messages, cases.len() - 3);
+}
