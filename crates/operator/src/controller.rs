@@ -1,0 +1,711 @@
+//! The controller: wiring of the stages, per-object backoff, Events and `run`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bridge_api::{
+    CONDITION_FORWARDER_AVAILABLE, CONDITION_WEBHOOK_SYNCED, ForwarderStatus, SeshnSegmentBridge,
+    SeshnSegmentBridgeStatus,
+};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::ListParams;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use seshn::webhooks::{RateLimiter, SeshnClient};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::apply;
+use crate::build;
+use crate::cleanup;
+use crate::config::{Config, FINALIZER, MANAGED_BY};
+use crate::error::{Class, Error, WebhookError};
+use crate::leader::{LeaderElector, LeaderError};
+use crate::metrics::{KindLabel, Metrics, ResultLabel, SeshnLabels};
+use crate::resolve::{self, Sensitive};
+use crate::status::{self, Cond};
+use crate::validate::{self, WorkloadKind};
+use crate::webhook::{self, SyncInput};
+
+/// State shared by every reconcile.
+pub struct Shared {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Configuration.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    http: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+    recorder: Recorder,
+    /// Consecutive transient failures per bridge uid (reset on success).
+    failures: Mutex<HashMap<String, u32>>,
+    /// Bridges whose `CleanupBlocked` warning was already published.
+    cleanup_warned: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Builds the shared state.
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Self, Error> {
+        let http = seshn::webhooks::try_http_client(config.seshn_timeout).map_err(|source| {
+            WebhookError::Seshn {
+                op: "client",
+                source,
+            }
+        })?;
+        let limiter = Arc::new(RateLimiter::new(
+            config.seshn_rate_per_second,
+            config.seshn_rate_burst,
+        ));
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGED_BY.into(),
+                instance: Some(config.instance.clone()),
+            },
+        );
+        Ok(Self {
+            client,
+            config,
+            metrics,
+            http,
+            limiter,
+            recorder,
+            failures: Mutex::default(),
+            cleanup_warned: Mutex::default(),
+        })
+    }
+
+    /// A Seshn client for `key` at `base`, reporting every request to the metrics.
+    pub fn seshn_client(&self, base: &str, key: &Sensitive) -> Result<SeshnClient, Error> {
+        let key = key.as_str().unwrap_or_default();
+        let metrics = self.metrics.clone();
+        let client = SeshnClient::new(self.http.clone(), base, key, self.limiter.clone())
+            .map_err(|source| WebhookError::Seshn {
+                op: "client",
+                source,
+            })?
+            .with_observer(Arc::new(move |op, code| {
+                metrics
+                    .seshn_requests
+                    .get_or_create(&SeshnLabels { op, code })
+                    .inc();
+            }));
+        Ok(client)
+    }
+
+    /// Publishes an Event about `bridge` (best effort: a failed Event never fails a pass).
+    pub async fn event(
+        &self,
+        bridge: &SeshnSegmentBridge,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        match self.recorder.publish(&ev, &bridge.object_ref(&())).await {
+            Ok(()) => self.metrics.wrote("event", 1),
+            Err(e) => warn!(error = %e, reason, "publishing an Event failed"),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets per-object state of a bridge that is gone.
+    pub fn forget(&self, bridge: &SeshnSegmentBridge) {
+        let uid = bridge.uid().unwrap_or_default();
+        self.failures().remove(&uid);
+        self.cleanup_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&uid);
+    }
+
+    /// True the first time it is called for a bridge (until `forget`).
+    pub fn first_cleanup_warning(&self, bridge: &SeshnSegmentBridge) -> bool {
+        self.cleanup_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(bridge.uid().unwrap_or_default())
+    }
+
+    /// Next backoff delay for a bridge after a transient failure.
+    fn next_backoff(&self, uid: &str) -> Duration {
+        let n = {
+            let mut failures = self.failures();
+            let n = failures.entry(uid.to_owned()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        backoff_delay(
+            self.config.backoff_min,
+            self.config.backoff_max,
+            n,
+            rand::random::<f64>(),
+        )
+    }
+
+    fn reset_backoff(&self, uid: &str) {
+        self.failures().remove(uid);
+    }
+}
+
+/// Exponential backoff: `min * 2^(n-1)`, capped at `max`, with ±20% jitter from `r ∈ [0,1)`.
+pub fn backoff_delay(min: Duration, max: Duration, n: u32, r: f64) -> Duration {
+    let exp = min.saturating_mul(1u32 << n.saturating_sub(1).min(20));
+    let capped = exp.min(max);
+    capped.mul_f64(0.8 + 0.4 * r)
+}
+
+/// The resync delay: the interval plus up to 10% jitter, so bridges created together do not
+/// resync together.
+pub fn jittered(interval: Duration, r: f64) -> Duration {
+    interval.mul_f64(1.0 + 0.1 * r)
+}
+
+/// Per-scope context.
+pub struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").finish_non_exhaustive()
+    }
+}
+
+fn error_conditions(
+    bridge: &SeshnSegmentBridge,
+    working: &SeshnSegmentBridge,
+    forwarder: Option<Cond>,
+    err: &Error,
+) -> SeshnSegmentBridgeStatus {
+    let previous = |type_: &str, fallback: Cond| {
+        bridge.condition(type_).map_or(fallback, |c| Cond {
+            status: match c.status.as_str() {
+                "True" => "True",
+                "False" => "False",
+                _ => "Unknown",
+            },
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+    };
+    let failed = Cond::not(err.kind(), err.condition_message());
+    let in_webhook_stage = matches!(err, Error::Webhook(_))
+        || matches!(
+            err,
+            Error::Resolve(crate::error::ResolveError::SecretNotFound { name }
+                | crate::error::ResolveError::SecretKeyMissing { name, .. })
+                if *name == bridge.spec.seshn.api_key_secret_ref.name
+        ) && forwarder.is_some();
+    let (fwd, wh) = if in_webhook_stage {
+        (
+            forwarder.unwrap_or_else(|| {
+                previous(
+                    CONDITION_FORWARDER_AVAILABLE,
+                    Cond::unknown("Reconciling", "not observed yet"),
+                )
+            }),
+            failed,
+        )
+    } else {
+        (
+            failed,
+            previous(
+                CONDITION_WEBHOOK_SYNCED,
+                Cond::unknown("Reconciling", "not synced yet"),
+            ),
+        )
+    };
+    let base = working.status.clone().unwrap_or_default();
+    status::with_conditions(working, base, &fwd, &wh)
+}
+
+/// The Apply branch: resolve → validate → build → apply → (forwarder available) → webhook →
+/// status.
+async fn apply_bridge(bridge: Arc<SeshnSegmentBridge>, shared: &Shared) -> Result<Action, Error> {
+    let ns = bridge.namespace().ok_or(Error::MissingField("namespace"))?;
+    let api: Api<SeshnSegmentBridge> = Api::namespaced(shared.client.clone(), &ns);
+    // The status as we last wrote it during this pass (a create records id/pending mid-pass).
+    let mut working = (*bridge).clone();
+    let mut forwarder_cond = None;
+    let result = apply_stages(&bridge, shared, &api, &mut working, &mut forwarder_cond).await;
+    match result {
+        Ok(action) => Ok(action),
+        Err(err) => {
+            let st = error_conditions(&bridge, &working, forwarder_cond, &err);
+            match status::write(&api, &working, &st).await {
+                Ok(true) => shared.metrics.wrote("status", 1),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "writing the error status failed"),
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn apply_stages(
+    bridge: &SeshnSegmentBridge,
+    shared: &Shared,
+    api: &Api<SeshnSegmentBridge>,
+    working: &mut SeshnSegmentBridge,
+    forwarder_cond: &mut Option<Cond>,
+) -> Result<Action, Error> {
+    let resync = jittered(shared.config.resync_interval, rand::random::<f64>());
+    if bridge.spec.suspend {
+        let base = working.status.clone().unwrap_or_default();
+        let previous_fwd = bridge
+            .condition(CONDITION_FORWARDER_AVAILABLE)
+            .filter(|c| c.status == "True")
+            .map_or_else(
+                || Cond::unknown("Suspended", "the bridge is suspended"),
+                |c| Cond::ok(&c.reason, c.message.clone()),
+            );
+        let st = status::with_conditions(
+            working,
+            base,
+            &previous_fwd,
+            &Cond::not(
+                "Suspended",
+                "spec.suspend is true: Seshn is not called and the children are left as they are",
+            ),
+        );
+        if status::write(api, working, &st).await? {
+            shared.metrics.wrote("status", 1);
+            shared
+                .event(
+                    bridge,
+                    EventType::Normal,
+                    "Suspended",
+                    "Suspend",
+                    "reconciliation suspended".into(),
+                )
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Validate first: it needs no I/O.
+    let v = validate::validate(bridge, &shared.config)?;
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &v.namespace);
+
+    // Resolve what the pods use (write key, signing secret).
+    let write_key =
+        resolve::secret_key(&secrets, &bridge.spec.segment.write_key_secret_ref).await?;
+    let signing = if let Some(s) = resolve::signing_secret(&secrets, &v).await? {
+        s
+    } else {
+        // Generated once; never regenerated while the Secret exists (the forwarder and Seshn
+        // share it).
+        let generated = resolve::generate_signing_secret();
+        apply::apply_secret(
+            &shared.client,
+            build::signing_secret(bridge, &v, &generated),
+        )
+        .await?;
+        shared.metrics.wrote("secret", 1);
+        resolve::signing_secret(&secrets, &v)
+            .await?
+            .ok_or_else(|| crate::error::ResolveError::SecretKeyMissing {
+                name: v.signing_secret_name.clone(),
+                key: validate::SIGNING_SECRET_KEY.into(),
+            })?
+    };
+
+    // Build and apply the children.
+    let checksum = build::secrets_checksum(&[write_key.expose(), signing.expose()]);
+    let children = build::build(bridge, &v, &checksum);
+    let (writes, observed) = apply::apply_children(&shared.client, children, &v.uid, true).await?;
+    shared.metrics.wrote("child", writes);
+
+    let fwd = if bridge.spec.forwarder.replicas == 0 {
+        Cond::not("ScaledToZero", "spec.forwarder.replicas is 0")
+    } else if observed.available {
+        Cond::ok(
+            "Available",
+            match v.workload {
+                WorkloadKind::Deployment => "the forwarder Deployment has available pods",
+                WorkloadKind::StatefulSet => "the forwarder StatefulSet has ready pods",
+            },
+        )
+    } else {
+        Cond::not("WaitingForForwarder", "no forwarder pod is available yet")
+    };
+    *forwarder_cond = Some(fwd.clone());
+
+    let previous_webhook = working.status.as_ref().and_then(|s| s.webhook.clone());
+    let known = previous_webhook
+        .as_ref()
+        .is_some_and(|w| w.id.is_some() || w.pending_since.is_some());
+    let (webhook_status, wh_cond) = if !observed.available && !known {
+        // Registering a URL nothing answers would only make Seshn's deliveries fail.
+        (
+            previous_webhook,
+            Cond::not(
+                "WaitingForForwarder",
+                "the webhook is registered once a forwarder pod is available",
+            ),
+        )
+    } else {
+        let api_key = resolve::secret_key(&secrets, &bridge.spec.seshn.api_key_secret_ref).await?;
+        let seshn = shared.seshn_client(&v.seshn_api_url, &api_key)?;
+        let signing_text = signing.as_str().unwrap_or_default().to_owned();
+        let input = SyncInput {
+            seshn: &seshn,
+            kube: &shared.client,
+            bridge: &*working,
+            v: &v,
+            signing_secret: &signing_text,
+        };
+        let mut written = Vec::new();
+        let outcome = webhook::sync(&input, &mut written).await;
+        shared.metrics.wrote("status", written.len());
+        if let Some(st) = written.pop() {
+            working.status = Some(st);
+        }
+        let synced = outcome?;
+        let id = synced.status.id.clone().unwrap_or_default();
+        let (reason, note) = match synced.action {
+            webhook::Action::Unchanged => ("", String::new()),
+            webhook::Action::Created => (
+                "WebhookCreated",
+                format!("registered webhook {id} for {}", v.webhook_url),
+            ),
+            webhook::Action::Adopted => (
+                "WebhookAdopted",
+                format!(
+                    "adopted webhook {id} left by an interrupted create (found by the bridge uid in its URL)"
+                ),
+            ),
+            webhook::Action::Updated => (
+                "WebhookUpdated",
+                format!("updated webhook {id} to the spec's URL and events"),
+            ),
+            webhook::Action::Recreated => (
+                "WebhookRecreated",
+                format!("the webhook had been deleted at Seshn; registered it again as {id}"),
+            ),
+        };
+        if !reason.is_empty() {
+            shared
+                .event(bridge, EventType::Normal, reason, "SyncWebhook", note)
+                .await;
+        }
+        (
+            Some(synced.status),
+            Cond::ok(
+                "Synced",
+                format!("webhook {id} delivers to {}", v.webhook_url),
+            ),
+        )
+    };
+
+    let mut st = working.status.clone().unwrap_or_default();
+    st.webhook = webhook_status;
+    st.forwarder = Some(ForwarderStatus {
+        ready_replicas: observed.ready_replicas,
+    });
+    let st = status::with_conditions(working, st, &fwd, &wh_cond);
+    let was_ready = bridge
+        .condition(bridge_api::CONDITION_READY)
+        .is_some_and(|c| c.status == "True");
+    if status::write(api, working, &st).await? {
+        shared.metrics.wrote("status", 1);
+        let ready_now = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == bridge_api::CONDITION_READY && c.status == "True");
+        if ready_now && !was_ready {
+            shared
+                .event(
+                    bridge,
+                    EventType::Normal,
+                    "Ready",
+                    "Reconcile",
+                    "the forwarder is available and the webhook is registered".into(),
+                )
+                .await;
+        }
+    }
+    Ok(Action::requeue(resync))
+}
+
+fn unwrap_finalizer_error(e: finalizer::Error<Error>) -> Error {
+    match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        finalizer::Error::UnnamedObject => Error::MissingField("metadata.name"),
+        finalizer::Error::InvalidFinalizer => Error::MissingField("a valid finalizer name"),
+    }
+}
+
+async fn reconcile(bridge: Arc<SeshnSegmentBridge>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let shared = ctx.shared.clone();
+    let span = info_span!(
+        "reconcile",
+        namespace = bridge.namespace().unwrap_or_default(),
+        name = bridge.name_any()
+    );
+    async move {
+        let started = Instant::now();
+        let ns = bridge.namespace().ok_or(Error::MissingField("namespace"))?;
+        let uid = bridge.uid().unwrap_or_default();
+        let api: Api<SeshnSegmentBridge> = Api::namespaced(shared.client.clone(), &ns);
+        let had_finalizer = bridge.finalizers().iter().any(|f| f == FINALIZER);
+        let result = finalizer(&api, FINALIZER, bridge, |event| async {
+            match event {
+                // Boxed: the pass's future is large and would bloat every task's stack.
+                finalizer::Event::Apply(b) => Box::pin(apply_bridge(b, &shared)).await,
+                finalizer::Event::Cleanup(b) => Box::pin(cleanup::cleanup(&b, &shared)).await,
+            }
+        })
+        .await
+        .map_err(unwrap_finalizer_error);
+        shared
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => {
+                if !had_finalizer {
+                    shared.metrics.wrote("finalizer", 1);
+                }
+                shared.reset_backoff(&uid);
+                shared
+                    .metrics
+                    .reconciles
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .reconciles
+                    .get_or_create(&ResultLabel { result: "error" })
+                    .inc();
+                shared
+                    .metrics
+                    .errors
+                    .get_or_create(&KindLabel { kind: e.kind() })
+                    .inc();
+                debug!(error = %e, kind = e.kind(), "reconcile failed");
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime requires
+fn error_policy(bridge: Arc<SeshnSegmentBridge>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let shared = &ctx.shared;
+    match err.class() {
+        // Wait for a change of the bridge or a referenced Secret (both are watched).
+        Class::Terminal => {
+            info!(name = %bridge.name_any(), kind = err.kind(), error = %err.condition_message(), "terminal error; waiting for a change");
+            Action::await_change()
+        }
+        Class::Transient => {
+            let uid = bridge.uid().unwrap_or_default();
+            let mut delay = shared.next_backoff(&uid);
+            if let Some(after) = err.retry_after() {
+                delay = delay.max(after);
+            }
+            if matches!(err, Error::CleanupBlocked(_)) {
+                // Come back right after the deadline to give up on time.
+                let left = cleanup::time_left(&bridge, shared.config.cleanup_deadline);
+                delay = delay.min(left + Duration::from_millis(200));
+            }
+            info!(name = %bridge.name_any(), kind = err.kind(), error = %err.condition_message(), delay_ms = delay.as_millis() as u64, "transient error; retrying");
+            Action::requeue(delay)
+        }
+    }
+}
+
+/// Bridges of `secret`'s namespace that reference it (or own it as their signing Secret).
+fn bridges_using(
+    store: &Store<SeshnSegmentBridge>,
+    secret: &Secret,
+) -> Vec<ObjectRef<SeshnSegmentBridge>> {
+    let name = secret.name_any();
+    let ns = secret.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|b| b.namespace() == ns)
+        .filter(|b| {
+            b.spec.seshn.api_key_secret_ref.name == name
+                || b.spec.segment.write_key_secret_ref.name == name
+                || format!("{}{}", b.name_any(), validate::SIGNING_SECRET_SUFFIX) == name
+        })
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+fn api_for<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(
+    shared: Arc<Shared>,
+    scope: Option<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = shared.client.clone();
+    let scope = scope.as_deref();
+    let children =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    // Service-account tokens are the bulk of a cluster's Secrets and never referenced.
+    let secrets_wc = watcher::Config::default().fields("type!=kubernetes.io/service-account-token");
+    let controller = Controller::new(
+        api_for::<SeshnSegmentBridge>(&client, scope),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let mut stop_rx = stop;
+    controller
+        .owns(api_for::<Deployment>(&client, scope), children.clone())
+        .owns(api_for::<StatefulSet>(&client, scope), children.clone())
+        .owns(api_for::<Service>(&client, scope), children.clone())
+        .owns(api_for::<Ingress>(&client, scope), children)
+        .watches(api_for::<Secret>(&client, scope), secrets_wc, move |s| {
+            bridges_using(&store, &s)
+        })
+        .with_config(controller::Config::default().concurrency(shared.config.concurrency))
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        })
+        .run(reconcile, error_policy, Arc::new(Ctx { shared }))
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Errors that end [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The CRD is not installed (or not readable).
+    #[error(
+        "cannot list SeshnSegmentBridges ({0}); is the CRD installed? `seshn-segment-operator crd | kubectl apply -f -`"
+    )]
+    CrdMissing(#[source] kube::Error),
+    /// Building the shared state failed.
+    #[error("starting: {0}")]
+    Setup(#[from] Error),
+    /// Leader election failed or the lease was lost.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+}
+
+/// Runs the operator until `shutdown` resolves (or the leader lease is lost).
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let probe: Api<SeshnSegmentBridge> = match config.watch_namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    probe
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::CrdMissing)?;
+    let shared = Arc::new(Shared::new(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+    )?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+
+    let elector = config
+        .leader_election
+        .as_ref()
+        .map(|le| LeaderElector::new(client.clone(), le.clone(), config.instance.clone()));
+    if let Some(elector) = &elector {
+        tokio::select! {
+            res = elector.acquire() => res?,
+            () = &mut shutdown => return Ok(()),
+        }
+        info!(instance = %config.instance, "acquired the leader lease");
+    }
+    metrics.leader.set(1);
+    metrics.set_ready(true);
+
+    let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| run_scope(shared.clone(), scope, stop_rx.clone())),
+    );
+    tokio::pin!(controllers);
+    let hold = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = &mut controllers => Ok(()),
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            controllers.await;
+            Ok(())
+        }
+        lost = hold => {
+            // Stop acting at once: dropping the controllers cancels in-flight reconciles.
+            warn!("lost the leader lease; stopping");
+            Err(RunError::Leader(lost))
+        }
+    };
+    metrics.leader.set(0);
+    metrics.set_ready(false);
+    if let Some(e) = &elector
+        && outcome.is_ok()
+    {
+        e.release().await;
+    }
+    outcome
+}

@@ -1,0 +1,204 @@
+//! Status stage: conditions from the pass's outcome, written by server-side apply on
+//! `/status` only when something changed.
+//!
+//! No per-pass timestamps: `lastTransitionTime` moves only when a condition's status flips
+//! and messages are deterministic, so an unchanged bridge produces an identical status and no
+//! write (a write would wake the controller again: the classic self-triggered hot loop).
+
+use bridge_api::{
+    CONDITION_FORWARDER_AVAILABLE, CONDITION_READY, CONDITION_WEBHOOK_SYNCED, SeshnSegmentBridge,
+    SeshnSegmentBridgeStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::config::FIELD_MANAGER;
+
+/// One condition's wanted state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable, deterministic message (no secrets, no timestamps).
+    pub message: String,
+}
+
+impl Cond {
+    /// A `True` condition.
+    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: "True",
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A `False` condition.
+    pub fn not(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: "False",
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An `Unknown` condition.
+    pub fn unknown(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: "Unknown",
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Now, truncated to whole seconds (what the API server stores), so a value read back
+/// compares equal to the one written.
+pub fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// Builds a condition, keeping `lastTransitionTime` from `old` when the status did not flip.
+pub fn condition(old: &[Condition], type_: &str, c: &Cond, generation: Option<i64>) -> Condition {
+    let previous = old.iter().find(|o| o.type_ == type_);
+    let last_transition_time = match previous {
+        Some(p) if p.status == c.status => p.last_transition_time.clone(),
+        _ => now(),
+    };
+    Condition {
+        type_: type_.into(),
+        status: c.status.into(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The Ready summary from the two detailed conditions: the webhook's problem wins (it is what
+/// stops events), then the forwarder's.
+pub fn ready(forwarder: &Cond, webhook: &Cond) -> Cond {
+    if forwarder.status == "True" && webhook.status == "True" {
+        return Cond::ok(
+            "Ready",
+            "the forwarder is available and the webhook is registered",
+        );
+    }
+    if webhook.status != "True" {
+        return Cond::not(&webhook.reason, webhook.message.clone());
+    }
+    Cond::not(&forwarder.reason, forwarder.message.clone())
+}
+
+/// A full status with the three conditions set.
+pub fn with_conditions(
+    bridge: &SeshnSegmentBridge,
+    mut status: SeshnSegmentBridgeStatus,
+    forwarder: &Cond,
+    webhook: &Cond,
+) -> SeshnSegmentBridgeStatus {
+    let old = bridge
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = bridge.metadata.generation;
+    let ready = ready(forwarder, webhook);
+    status.conditions = vec![
+        condition(&old, CONDITION_READY, &ready, generation),
+        condition(&old, CONDITION_FORWARDER_AVAILABLE, forwarder, generation),
+        condition(&old, CONDITION_WEBHOOK_SYNCED, webhook, generation),
+    ];
+    status.observed_generation = generation;
+    status
+}
+
+/// Writes `status` with server-side apply unless it equals the current one. Returns whether a
+/// write happened.
+pub async fn write(
+    api: &Api<SeshnSegmentBridge>,
+    bridge: &SeshnSegmentBridge,
+    status: &SeshnSegmentBridgeStatus,
+) -> Result<bool, kube::Error> {
+    if bridge.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let patch = json!({
+        "apiVersion": format!("{}/{}", bridge_api::GROUP, bridge_api::VERSION),
+        "kind": bridge_api::KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &bridge.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::bridge;
+
+    #[test]
+    fn ready_summarises() {
+        let fwd = Cond::ok("Available", "up");
+        let wh = Cond::ok("Synced", "ok");
+        assert_eq!(ready(&fwd, &wh).status, "True");
+        let down = Cond::not("WaitingForForwarder", "no pods");
+        assert_eq!(ready(&down, &wh).reason, "WaitingForForwarder");
+        let unauth = Cond::not("Unauthorized", "key rejected");
+        assert_eq!(ready(&down, &unauth).reason, "Unauthorized");
+        assert_eq!(ready(&fwd, &unauth).status, "False");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flip() {
+        let mut b = bridge();
+        let fwd = Cond::ok("Available", "up");
+        let wh = Cond::not("WaitingForForwarder", "waiting");
+        let first = with_conditions(&b, SeshnSegmentBridgeStatus::default(), &fwd, &wh);
+        let mut old = first.clone();
+        let past = Time(Timestamp::from_second(1_000_000).unwrap());
+        for c in &mut old.conditions {
+            c.last_transition_time = past.clone();
+        }
+        b.status = Some(old.clone());
+        // Same statuses, different reason/message: times kept, so only the text changes.
+        let wh2 = Cond::not("RateLimited", "slow down");
+        let second = with_conditions(&b, SeshnSegmentBridgeStatus::default(), &fwd, &wh2);
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == past)
+        );
+        // An identical pass produces an identical status (no write).
+        let third = with_conditions(&b, SeshnSegmentBridgeStatus::default(), &fwd, &wh);
+        assert_eq!(third, old);
+        // A flip moves that condition's time only.
+        let wh3 = Cond::ok("Synced", "ok");
+        let fourth = with_conditions(&b, SeshnSegmentBridgeStatus::default(), &fwd, &wh3);
+        let synced = fourth
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_WEBHOOK_SYNCED)
+            .unwrap();
+        assert_ne!(synced.last_transition_time, past);
+        let fa = fourth
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_FORWARDER_AVAILABLE)
+            .unwrap();
+        assert_eq!(fa.last_transition_time, past);
+        assert_eq!(fourth.observed_generation, Some(1));
+    }
+}
