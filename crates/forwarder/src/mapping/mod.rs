@@ -275,27 +275,26 @@ impl Mapper {
 
         // The seed identifies whenever `contact` is truthy, and crashed when it had no id; we
         // identify only a contact object with a usable id.
-        if self.identify {
-            if let Some(id) = doc
+        if self.identify
+            && let Some(id) = doc
                 .nested("contact")
                 .and_then(|c| c.get("id"))
                 .and_then(UserId::from_raw)
-            {
-                let mut identify = String::with_capacity(256);
-                identify.push_str(r#"{"type":"identify","userId":"#);
-                id.write(&mut identify);
-                identify.push_str(r#","traits":{"#);
-                let mut first = true;
-                for rule in self.table.traits {
-                    if rule.applies.matches(delivery.event) {
-                        write_rule(&mut identify, &mut first, rule, &mut doc);
-                    }
+        {
+            let mut identify = String::with_capacity(256);
+            identify.push_str(r#"{"type":"identify","userId":"#);
+            id.write(&mut identify);
+            identify.push_str(r#","traits":{"#);
+            let mut first = true;
+            for rule in self.table.traits {
+                if rule.applies.matches(delivery.event) {
+                    write_rule(&mut identify, &mut first, rule, &mut doc);
                 }
-                identify.push('}');
-                write_stamp(&mut identify, &timestamp, &ids.identify);
-                identify.push_str(&self.tail);
-                messages.push(identify);
             }
+            identify.push('}');
+            write_stamp(&mut identify, &timestamp, &ids.identify);
+            identify.push_str(&self.tail);
+            messages.push(identify);
         }
         Ok(Mapped { messages })
     }
@@ -326,19 +325,16 @@ impl MessageIds {
         name.push(0);
         name.extend_from_slice(delivery.event.as_bytes());
         name.push(0);
-        match delivery.delivery_id {
-            Some(id) => {
-                name.extend_from_slice(b"delivery:");
-                name.extend_from_slice(id.as_bytes());
-            }
-            None => {
-                name.extend_from_slice(b"sha256:");
-                let digest = Sha256::digest(delivery.body);
-                let mut hex = [0u8; 64];
-                // Encoding 32 bytes into 64 cannot fail.
-                if hex::encode_to_slice(digest, &mut hex).is_ok() {
-                    name.extend_from_slice(&hex);
-                }
+        if let Some(id) = delivery.delivery_id {
+            name.extend_from_slice(b"delivery:");
+            name.extend_from_slice(id.as_bytes());
+        } else {
+            name.extend_from_slice(b"sha256:");
+            let digest = Sha256::digest(delivery.body);
+            let mut hex = [0u8; 64];
+            // Encoding 32 bytes into 64 cannot fail.
+            if hex::encode_to_slice(digest, &mut hex).is_ok() {
+                name.extend_from_slice(&hex);
             }
         }
         let track = Uuid::new_v5(&MESSAGE_ID_NAMESPACE, &name);
@@ -410,13 +406,12 @@ struct Doc<'a> {
 impl<'a> Doc<'a> {
     /// `payload.<name>` parsed as an object (None: absent, null or not an object).
     fn nested(&mut self, name: &'static str) -> Option<&Object<'a>> {
-        let index = match self.nested.iter().position(|(n, _)| *n == name) {
-            Some(index) => index,
-            None => {
-                let parsed = self.top.get(name).and_then(Object::from_raw);
-                self.nested.push((name, parsed));
-                self.nested.len() - 1
-            }
+        let index = if let Some(index) = self.nested.iter().position(|(n, _)| *n == name) {
+            index
+        } else {
+            let parsed = self.top.get(name).and_then(Object::from_raw);
+            self.nested.push((name, parsed));
+            self.nested.len() - 1
         };
         self.nested[index].1.as_ref()
     }
@@ -640,6 +635,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::many_single_char_names)]
     fn message_ids_are_deterministic() {
         let m = mapper(Profile::Seed);
         let a = m

@@ -1,0 +1,248 @@
+//! Wiring: open the spool, start the sender, serve HTTP, and shut down in order.
+//!
+//! Shutdown (SIGTERM): readiness goes false and new webhooks get 503 at once; the HTTP server
+//! stops accepting connections and finishes the requests in flight; then the sender drains the
+//! spool until it is empty or the grace period ends; the rest stays on disk for the next start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use segment::{Client, ClientConfig, Destination, Limits, RetryPolicy};
+use seshn::signature::Verifier;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::http::{AppState, Sink, router};
+use crate::mapping::{Mapper, MappingConfig};
+use crate::metrics::Metrics;
+use crate::sender::{self, Drained, SenderConfig};
+use crate::spool::{Spool, SpoolError, SpoolOptions};
+use crate::synchronous::SyncDelivery;
+
+/// redb page cache: enough for the hot end of the spool, small enough for the RSS budget.
+pub const SPOOL_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Delivery mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeliveryMode {
+    /// 2xx once the event is durable in the on-disk spool.
+    #[default]
+    Spooled,
+    /// 2xx once Segment accepted the batch holding the event.
+    Synchronous,
+}
+
+/// Everything the forwarder needs, already validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Webhook secrets, current first.
+    pub webhook_secrets: Vec<String>,
+    /// Segment destination.
+    pub destination: Destination,
+    /// Segment write key (may be empty for file/stdout destinations).
+    pub write_key: String,
+    /// Delivery mode.
+    pub mode: DeliveryMode,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool bound.
+    pub spool_max_bytes: u64,
+    /// Mapping.
+    pub mapping: MappingConfig,
+    /// Largest accepted webhook body.
+    pub max_body_bytes: usize,
+    /// Time allowed for draining at shutdown.
+    pub shutdown_grace: Duration,
+    /// Synchronous mode: how long a request waits for Segment.
+    pub sync_deadline: Duration,
+    /// Per-request timeout towards Segment.
+    pub segment_timeout: Duration,
+    /// Segment limits.
+    pub limits: Limits,
+    /// Backoff between delivery attempts.
+    pub retry: RetryPolicy,
+}
+
+/// Why the forwarder could not start or stop cleanly. Texts hold no secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Invalid webhook secret configuration.
+    #[error("webhook secret: {0}")]
+    Secret(#[from] seshn::signature::SignatureError),
+    /// Invalid mapping configuration.
+    #[error("mapping: {0}")]
+    Mapping(#[from] crate::mapping::ConfigError),
+    /// The Segment client could not be built.
+    #[error("segment client: {0}")]
+    Client(#[from] segment::ClientError),
+    /// The spool could not be opened.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// Binding or serving failed.
+    #[error("listening on {addr}: {kind}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        kind: std::io::ErrorKind,
+    },
+}
+
+/// A running forwarder.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Arc<Notify>,
+    task: JoinHandle<Result<Outcome, AppError>>,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// For the spooled mode: whether the spool was emptied before the grace period ended.
+    pub drained: Option<Drained>,
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shared state (metrics, spool) for tests and diagnostics.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Starts the shutdown sequence (idempotent).
+    pub fn shutdown(&self) {
+        self.stop.notify_one();
+    }
+
+    /// Waits for the forwarder to stop.
+    pub async fn wait(self) -> Result<Outcome, AppError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Ok(Outcome { drained: None }),
+        }
+    }
+}
+
+/// Opens the spool, binds, and starts serving. Returns once the port is open.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let verifier = Verifier::new(&config.webhook_secrets)?;
+    let mapper = Mapper::new(config.mapping.clone())?;
+    let mut client_config = ClientConfig::new(config.destination.clone(), config.write_key.clone());
+    client_config.request_timeout = config.segment_timeout;
+    let client = Client::new(client_config)?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| AppError::Listen {
+            addr: config.listen,
+            kind: e.kind(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| AppError::Listen {
+        addr: config.listen,
+        kind: e.kind(),
+    })?;
+    let (drain_tx, drain_rx) = watch::channel(None);
+    let (sink, sender_task, spool) = match config.mode {
+        DeliveryMode::Spooled => {
+            let options = SpoolOptions {
+                dir: config.spool_dir.clone(),
+                max_bytes: config.spool_max_bytes,
+                max_message_bytes: config.limits.max_message_bytes,
+                cache_bytes: SPOOL_CACHE_BYTES,
+            };
+            let spool = tokio::task::spawn_blocking(move || Spool::open(&options))
+                .await
+                .unwrap_or(Err(SpoolError::Closed))?;
+            let depth = spool.stats().depth.load(Ordering::Acquire);
+            if depth > 0 {
+                tracing::info!(depth, "resuming delivery of spooled messages");
+            }
+            let task = tokio::spawn(sender::run(
+                spool.clone(),
+                client,
+                SenderConfig {
+                    limits: config.limits,
+                    retry: config.retry,
+                },
+                Arc::clone(&metrics),
+                drain_rx,
+            ));
+            (Sink::Spooled(spool.clone()), Some(task), Some(spool))
+        }
+        DeliveryMode::Synchronous => {
+            let sync = SyncDelivery::start(
+                client,
+                config.limits,
+                config.retry,
+                config.sync_deadline,
+                Arc::clone(&metrics),
+            );
+            (Sink::Synchronous(sync), None, None)
+        }
+    };
+    let state = Arc::new(AppState {
+        verifier,
+        mapper,
+        sink,
+        metrics: Arc::clone(&metrics),
+        max_body_bytes: config.max_body_bytes,
+        accepting: AtomicBool::new(true),
+    });
+    metrics.set_ready(true);
+    let stop = Arc::new(Notify::new());
+    let app = router(Arc::clone(&state));
+    let task = {
+        let state = Arc::clone(&state);
+        let stop = Arc::clone(&stop);
+        let grace = config.shutdown_grace;
+        tokio::spawn(async move {
+            let stopping = Arc::new(Notify::new());
+            let server = {
+                let stopping = Arc::clone(&stopping);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stopping.notified().await })
+            };
+            let server = tokio::spawn(async move { server.await });
+            stop.notified().await;
+            let deadline = Instant::now() + grace;
+            tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down");
+            state.accepting.store(false, Ordering::Release);
+            state.metrics.set_ready(false);
+            stopping.notify_one();
+            // In-flight requests finish first, so nothing is appended after the drain.
+            if tokio::time::timeout_at(deadline, server).await.is_err() {
+                tracing::warn!("open connections outlived the grace period");
+            }
+            let _ = drain_tx.send(Some(deadline));
+            let drained = match sender_task {
+                Some(task) => task.await.ok(),
+                None => None,
+            };
+            if let Some(spool) = spool {
+                let depth = spool.stats().depth.load(Ordering::Acquire);
+                let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+                tracing::info!(left_in_spool = depth, "stopped");
+            }
+            Ok(Outcome { drained })
+        })
+    };
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
