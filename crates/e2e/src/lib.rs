@@ -226,6 +226,33 @@ pub async fn service_account_token(client: &Client, namespace: &str, name: &str)
     .await
 }
 
+/// Every `seshn_forwarder_*` series name a dashboard JSON queries, sorted and deduplicated.
+pub fn dashboard_metric_names(dashboard_json: &str) -> Vec<String> {
+    const PREFIX: &str = "seshn_forwarder_";
+    let mut names: Vec<String> = dashboard_json
+        .match_indices(PREFIX)
+        .map(|(i, _)| {
+            dashboard_json[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The registered name of a series: without the `seshn_forwarder_` prefix and without the
+/// `_total` / `_bucket` / `_sum` / `_count` suffix the exposition format adds.
+pub fn metric_base_name(series: &str) -> &str {
+    let name = series.strip_prefix("seshn_forwarder_").unwrap_or(series);
+    ["_total", "_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
 /// True when `err` is the apiserver refusing for lack of permission (HTTP 403).
 pub fn is_forbidden(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 403)

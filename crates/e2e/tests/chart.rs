@@ -289,3 +289,27 @@ fn production_example_renders_every_optional_object() {
         .expect("dashboard is JSON");
     assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 6));
 }
+
+/// Every forwarder metric the dashboard queries is one the forwarder registers (prefix
+/// `seshn_forwarder_`; counters gain `_total`, histograms `_bucket`). The end-to-end test also
+/// checks them on a live forwarder's /metrics.
+#[test]
+fn dashboard_queries_only_metrics_the_forwarder_exports() {
+    let dashboard =
+        std::fs::read_to_string(chart_dir().join("files/dashboards/booking-health.json")).unwrap();
+    let metrics_rs =
+        std::fs::read_to_string(repo_root().join("crates/forwarder/src/metrics.rs")).unwrap();
+    assert!(metrics_rs.contains("with_prefix(\"seshn_forwarder\")"));
+    let names = e2e::dashboard_metric_names(&dashboard);
+    assert!(
+        names.len() >= 8,
+        "dashboard queries too few metrics: {names:?}"
+    );
+    for name in &names {
+        let base = e2e::metric_base_name(name);
+        assert!(
+            metrics_rs.contains(&format!("\"{base}\"")),
+            "dashboard uses {name}, but the forwarder registers no metric {base:?}"
+        );
+    }
+}
