@@ -56,6 +56,10 @@ pub enum Fault {
     Delay(Duration),
     /// Read the request, then close the connection without answering and without storing.
     DropConnection,
+    /// Process the batch normally (messages stored), then close the connection without
+    /// answering: the "accepted but the answer was lost" case, which makes the client resend.
+    /// Counted both as a fault served and as an accepted request.
+    AcceptThenDrop,
 }
 
 /// Counters of everything the sink saw. Requests are counted once, in the first class that
@@ -496,6 +500,16 @@ async fn handle(shared_arc: Arc<Shared>, kill: &Notify, req: Request<Incoming>) 
                         r#"{"code":"internal","message":"sink task failed"}"#,
                     )
                 });
+            }
+            Fault::AcceptThenDrop => {
+                // The answer is discarded; the record keeps `status: None` (no answer seen).
+                drop(respond(shared, basic_key.as_deref(), &body, None));
+                if let Some(record) = record {
+                    shared.lock().requests.push(record);
+                }
+                kill.notify_one();
+                // Same as DropConnection: the answer is never written.
+                return std::future::pending().await;
             }
             Fault::DropConnection => {
                 if let Some(record) = record {

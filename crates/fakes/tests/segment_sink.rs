@@ -443,3 +443,23 @@ async fn dropping_the_sink_stops_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn accept_then_drop_stores_but_never_answers() {
+    let sink = SegmentSink::start(KEY).await.unwrap();
+    sink.push_fault(Fault::AcceptThenDrop);
+    let body = batch(&[track("lost-answer")], None);
+    assert!(post(&sink, Some(&basic(KEY)), &body).await.is_none());
+    assert!(sink.wait_for_messages(1, SLACK).await);
+    // The client's resend is a duplicate that dedupe collapses.
+    assert_eq!(
+        post(&sink, Some(&basic(KEY)), &body).await.unwrap().status,
+        200
+    );
+    assert_eq!(sink.messages().len(), 2);
+    assert_eq!(sink.unique_messages().len(), 1);
+    let s = sink.stats();
+    assert_eq!((s.faults_served, s.accepted_requests), (1, 2));
+    let statuses: Vec<Option<u16>> = sink.recorded_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [None, Some(200)]);
+}
