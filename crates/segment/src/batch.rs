@@ -292,6 +292,46 @@ mod tests {
     }
 
     #[test]
+    fn random_streams_keep_every_invariant() {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        // Small limits so the byte and count limits are both hit often.
+        let limits = Limits {
+            max_message_bytes: 2000,
+            max_batch_bytes: 9000,
+            max_batch_messages: 12,
+        };
+        let mut b = BatchBuilder::new(limits, KEY.len());
+        let (mut pushed, mut sent, mut oversize) = (0usize, 0usize, 0usize);
+        for _ in 0..3000 {
+            let size = rng.random_range(23..=2100);
+            pushed += 1;
+            match b.try_push(msg(size)) {
+                Ok(()) => {}
+                Err(PushError::Oversize(m)) => {
+                    assert!(m.get().len() > limits.max_message_bytes);
+                    oversize += 1;
+                }
+                Err(PushError::Full(m)) => {
+                    assert!(!b.is_empty());
+                    let comma_and_size = 1 + m.get().len();
+                    assert!(
+                        b.len() == limits.max_batch_messages
+                            || b.body_bytes() + comma_and_size > limits.max_batch_bytes
+                    );
+                    sent += b.take().len();
+                    b.try_push(m).unwrap();
+                }
+            }
+            assert_eq!(b.body_bytes(), body_len(b.messages(), KEY));
+            assert!(b.body_bytes() <= limits.max_batch_bytes);
+            assert!(b.len() <= limits.max_batch_messages);
+        }
+        assert_eq!(sent + b.len() + oversize, pushed);
+        assert!(oversize > 0 && sent > 0);
+    }
+
+    #[test]
     fn message_that_cannot_fit_an_empty_batch_is_oversize() {
         let limits = Limits {
             max_message_bytes: 1000,
