@@ -1,0 +1,223 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Delivery through Segment's failure modes, against the fake sink over real HTTP: 500s,
+//! 429 with Retry-After, slow answers, dropped connections, an outage, a 400 rejection and
+//! oversize messages. Every event answered 2xx must arrive; duplicates only with equal ids.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{WRITE_KEY, booking, client, config, eventually, metric, post_signed};
+use fakes::segment_sink::{Fault, SegmentSink};
+
+/// Every duplicate delivery carries the same messageId and identical content.
+fn assert_duplicates_are_identical(sink: &SegmentSink) {
+    let mut by_id: HashMap<String, serde_json::Value> = HashMap::new();
+    for message in sink.messages() {
+        let id = message["messageId"].as_str().unwrap().to_owned();
+        if let Some(first) = by_id.get(&id) {
+            assert_eq!(first, &message, "duplicate {id} differs");
+        } else {
+            by_id.insert(id, message);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_through_faults() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    for fault in [
+        Fault::Status(500),
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+        Fault::DropConnection,
+        Fault::Status(503),
+        // Longer than the client's 2 s timeout: stored by the sink but reported as a failure,
+        // so the batch is resent (a duplicate with the same messageIds).
+        Fault::Delay(Duration::from_millis(2500)),
+        Fault::Status(502),
+        Fault::Status(408),
+        Fault::Delay(Duration::from_millis(300)),
+    ] {
+        sink.push_fault(fault);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(config(&sink.url(), dir.path())).await;
+    let addr = running.addr();
+    let http = client();
+    let n = 200;
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (chunk..n).step_by(8) {
+                assert_eq!(
+                    post_signed(&http, addr, "booking.created", &booking(i))
+                        .await
+                        .unwrap(),
+                    200
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        sink.wait_for_unique_messages(2 * n, Duration::from_secs(60))
+            .await,
+        "only {} of {} arrived",
+        sink.unique_messages().len(),
+        2 * n
+    );
+    assert_eq!(sink.pending_faults(), 0);
+    assert_duplicates_are_identical(&sink);
+    let stats = sink.stats();
+    assert_eq!(stats.rejected_400, 0);
+    assert_eq!(
+        stats.invalid_messages, 0,
+        "every message is valid for Segment"
+    );
+    // Requests carried Basic auth with the write key, and the body holds sentAt and writeKey.
+    let request = sink
+        .recorded_requests()
+        .into_iter()
+        .find(|r| r.status == Some(200))
+        .unwrap();
+    assert_eq!(request.path, "/v1/batch");
+    assert!(request.authorization.unwrap().starts_with("Basic "));
+    let body = request.body.unwrap();
+    assert_eq!(body["writeKey"], WRITE_KEY);
+    assert!(body["sentAt"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&http, addr, "seshn_forwarder_spool_depth").await == Some(0.0)
+        })
+        .await
+    );
+    let failed = metric(
+        &http,
+        addr,
+        "seshn_forwarder_delivery_attempts_failed_total",
+    )
+    .await
+    .unwrap();
+    assert!(failed >= 7.0, "retries counted: {failed}");
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_then_recovery_keeps_order_and_ids() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    sink.set_outage(true);
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(config(&sink.url(), dir.path())).await;
+    let addr = running.addr();
+    let http = client();
+    for i in 0..50 {
+        assert_eq!(
+            post_signed(&http, addr, "payment.succeeded", &booking(i))
+                .await
+                .unwrap(),
+            200
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sink.stats().outage_rejections >= 2
+        })
+        .await
+    );
+    assert!(sink.unique_messages().is_empty());
+    sink.set_outage(false);
+    assert!(
+        sink.wait_for_unique_messages(100, Duration::from_secs(60))
+            .await
+    );
+    // Delivered in arrival order.
+    let order: Vec<String> = sink
+        .unique_messages()
+        .iter()
+        .filter(|m| m["type"] == "track")
+        .map(|m| m["properties"]["bookingId"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..50).map(|i| format!("bk_{i}")).collect();
+    assert_eq!(order, expected);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_batches_and_oversize_messages_are_dead_lettered_not_resent() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    sink.push_fault(Fault::Status(400));
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(config(&sink.url(), dir.path())).await;
+    let addr = running.addr();
+    let http = client();
+
+    // The first batch is refused with 400: dead-lettered, never resent.
+    assert_eq!(
+        post_signed(&http, addr, "booking.created", &booking(1))
+            .await
+            .unwrap(),
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric(
+                &http,
+                addr,
+                r#"seshn_forwarder_dead_letters_total{reason="rejected"}"#,
+            )
+            .await
+                == Some(2.0)
+        })
+        .await
+    );
+    // An event whose track message is over 32 KB: answered 200 (retrying cannot help),
+    // its track is dead-lettered at once, its small identify is delivered.
+    let huge = format!(
+        r#"{{"id":"{}","contact":{{"id":"ct_big","name":"Big"}}}}"#,
+        "x".repeat(40 * 1024)
+    );
+    assert_eq!(
+        post_signed(&http, addr, "booking.created", &huge)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        post_signed(&http, addr, "booking.created", &booking(2))
+            .await
+            .unwrap(),
+        200
+    );
+    assert!(
+        sink.wait_for_unique_messages(3, Duration::from_secs(20))
+            .await
+    );
+    assert_eq!(
+        metric(
+            &http,
+            addr,
+            r#"seshn_forwarder_dead_letters_total{reason="oversize"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+    let state = std::sync::Arc::clone(running.state());
+    running.shutdown();
+    running.wait().await.unwrap();
+    let messages = sink.unique_messages();
+    assert_eq!(messages.len(), 3, "identify of the huge one + booking 2");
+    assert!(messages.iter().all(|m| m["userId"] != "ct_1"));
+    assert!(messages.iter().all(|m| m.to_string().len() < 32 * 1024));
+    assert_eq!(sink.stats().rejected_400, 0);
+    if let forwarder::http::Sink::Spooled(spool) = &state.sink {
+        assert_eq!(spool.dead_letter_count().unwrap(), 3);
+    }
+}
