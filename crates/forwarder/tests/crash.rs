@@ -48,15 +48,16 @@ impl Proc {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["fields"]["message"] == "listening" {
-                            let addr: SocketAddr =
-                                v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-                            let _ = tx.send(addr);
-                            sent = true;
-                        }
-                    }
+                if sent {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["fields"]["message"] == "listening" {
+                    let addr: SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+                    let _ = tx.send(addr);
+                    sent = true;
                 }
             }
         });
@@ -135,8 +136,7 @@ async fn load(addr: SocketAddr, start: usize, stop: Arc<tokio::sync::Notify>) ->
     for task in tasks {
         let _ = task.await;
     }
-    let acked = acked.lock().unwrap().clone();
-    acked
+    acked.lock().unwrap().clone()
 }
 
 /// Asserts every acked booking arrived and duplicates are identical.
@@ -211,7 +211,12 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     sink.set_outage(true);
     let proc = Proc::start(&sink.url(), dir.path(), "5s");
     let addr = proc.addr;
-    acked.extend(load_for(addr, 0, Duration::from_millis(1500), move || proc.kill9()).await);
+    acked.extend(
+        load_for(addr, 0, Duration::from_millis(1500), move || {
+            proc.kill9();
+        })
+        .await,
+    );
     assert!(!acked.is_empty());
     assert!(sink.unique_messages().is_empty());
 
@@ -224,7 +229,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     let addr = proc.addr;
     acked.extend(
         load_for(addr, 1_000_000, Duration::from_millis(1500), move || {
-            proc.kill9()
+            proc.kill9();
         })
         .await,
     );

@@ -66,7 +66,7 @@ fn render(profile: Profile, case: &str, event: &str, delivery_id: Option<&str>) 
     let delivery = Delivery {
         event,
         body,
-        received_at: UNIX_EPOCH + Duration::from_millis(1_767_261_600_000),
+        received_at: UNIX_EPOCH + Duration::from_secs(1_767_261_600),
         delivery_id,
     };
     let mapped = mapper(profile).map(&delivery).unwrap();

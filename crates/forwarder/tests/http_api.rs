@@ -24,6 +24,9 @@ async fn post(
     req.send().await.unwrap()
 }
 
+/// (name, headers, body, expected status).
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_matrix_and_signature_forms() {
     let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
@@ -48,7 +51,7 @@ async fn bad_input_matrix_and_signature_forms() {
     let sig_not_json = sign(SECRET, not_json.as_bytes());
     let sig_empty = sign(SECRET, b"");
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("no signature", vec![ev], unsigned.into(), 401),
         (
             "garbage signature",
