@@ -4,9 +4,12 @@
 //! the chart in `charts/seshn-segment` and, for installs, the real kube-apiserver of the
 //! [`testbed`] crate. Nothing here talks to anything but 127.0.0.1.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{Api, Client};
@@ -256,4 +259,117 @@ pub fn metric_base_name(series: &str) -> &str {
 /// True when `err` is the apiserver refusing for lack of permission (HTTP 403).
 pub fn is_forbidden(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 403)
+}
+
+/// A free 127.0.0.1 port (probed; a process started right after binds it).
+pub fn free_local_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("probe: {e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("probe: {e}"))
+}
+
+/// A process started by a test. Dropping it kills it (by its own pid) and waits; when the test
+/// is failing, the tail of its log is printed first.
+#[derive(Debug)]
+pub struct TestProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl TestProcess {
+    /// Starts `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Self {
+        let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{name} log: {e}"));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("{name} log: {e}"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Panics (with the log) when the process has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited with {status}; log:\n{}",
+                self.name,
+                self.log_tail(60)
+            );
+        }
+    }
+
+    /// The last `n` lines of the process log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} log (tail) ---\n{}", self.name, self.log_tail(60));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange over loopback (`Connection: close`): returns the status code and
+/// the body. Enough for health checks, metrics and webhook posts without another HTTP stack.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(k);
+            req.push_str(": ");
+            req.push_str(v);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| std::io::Error::other("HTTP exchange timed out"))?
 }
