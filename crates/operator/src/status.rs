@@ -81,8 +81,8 @@ pub fn condition(old: &[Condition], type_: &str, c: &Cond, generation: Option<i6
     }
 }
 
-/// The Ready summary from the two detailed conditions: the webhook's problem wins (it is what
-/// stops events), then the forwarder's.
+/// The Ready summary from the two detailed conditions: a `False` condition explains more than
+/// an `Unknown` one; between equals, the webhook's problem wins (it is what stops events).
 pub fn ready(forwarder: &Cond, webhook: &Cond) -> Cond {
     if forwarder.status == "True" && webhook.status == "True" {
         return Cond::ok(
@@ -90,10 +90,14 @@ pub fn ready(forwarder: &Cond, webhook: &Cond) -> Cond {
             "the forwarder is available and the webhook is registered",
         );
     }
-    if webhook.status != "True" {
-        return Cond::not(&webhook.reason, webhook.message.clone());
-    }
-    Cond::not(&forwarder.reason, forwarder.message.clone())
+    let cause = if webhook.status == "False" || forwarder.status == "True" {
+        webhook
+    } else if forwarder.status == "False" {
+        forwarder
+    } else {
+        webhook
+    };
+    Cond::not(&cause.reason, cause.message.clone())
 }
 
 /// A full status with the three conditions set.
@@ -158,6 +162,11 @@ mod tests {
         let unauth = Cond::not("Unauthorized", "key rejected");
         assert_eq!(ready(&down, &unauth).reason, "Unauthorized");
         assert_eq!(ready(&fwd, &unauth).status, "False");
+        let invalid = Cond::not("InvalidSpec", "bad");
+        let unknown = Cond::unknown("Reconciling", "not yet");
+        assert_eq!(ready(&invalid, &unknown).reason, "InvalidSpec");
+        assert_eq!(ready(&unknown, &unknown).reason, "Reconciling");
+        assert_eq!(ready(&fwd, &unknown).reason, "Reconciling");
     }
 
     #[test]

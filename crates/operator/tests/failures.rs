@@ -1,0 +1,157 @@
+//! Lost answers, storms, wrong keys, missing credentials: no duplicates, no hot loops.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{API_KEY, DEADLINE, Harness, eventually};
+use fakes::seshn_api::{Fault, Op};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DeleteParams;
+use kube::{Api, ResourceExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_create_answer_and_restart_adopts_instead_of_creating_again() {
+    // A long backoff so the first operator does not retry before it is "crashed".
+    let mut h = Harness::start_with(|c| c.backoff_min = Duration::from_secs(30)).await;
+    h.seshn.inject(Some(Op::Create), Fault::LoseAnswer);
+    let created = h.create(&h.manifest("acme")).await;
+    h.make_available("acme").await;
+    eventually("the create whose answer is lost", DEADLINE, || async {
+        (h.seshn.call_count(Op::Create) == 1 && h.seshn.webhooks(API_KEY).len() == 1).then_some(())
+    })
+    .await;
+    // The pending marker was written before the call.
+    let b = eventually("the pending marker", DEADLINE, || async {
+        let b = h.get("acme").await?;
+        let wh = b.status.as_ref()?.webhook.as_ref()?;
+        (wh.pending_since.is_some() && wh.id.is_none()).then_some(b)
+    })
+    .await;
+    assert!(b.status.unwrap().webhook.unwrap().id.is_none());
+
+    // Crash and restart the operator.
+    h.stop_operator();
+    h.start_operator();
+    let ready = h.wait_condition("acme", "Ready", "True", None).await;
+    let hooks = h.seshn.webhooks(API_KEY);
+    assert_eq!(hooks.len(), 1, "never a second webhook");
+    assert_eq!(h.seshn.call_count(Op::Create), 1);
+    let wh = ready.status.unwrap().webhook.unwrap();
+    assert_eq!(wh.id.as_deref(), Some(hooks[0].id.as_str()));
+    assert!(wh.pending_since.is_none());
+    assert!(hooks[0].url.ends_with(&created.uid().unwrap()));
+    h.wait_event("acme", "WebhookAdopted").await;
+    // The forwarder verifies with the secret Seshn holds.
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    let signing = secrets.get("acme-webhook-signing").await.unwrap();
+    assert_eq!(
+        signing.data.unwrap()["secret"].0,
+        hooks[0].secret.as_bytes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_server_error_storms_back_off_without_duplicates() {
+    let h = Harness::start().await;
+    // Every call fails for a while: 429s (with Retry-After) then 5xx, then a lost answer.
+    h.seshn.inject_n(
+        None,
+        Fault::RateLimited {
+            retry_after_secs: Some(1),
+        },
+        3,
+    );
+    h.seshn.inject_n(None, Fault::Status(503), 3);
+    h.seshn.inject_n(None, Fault::Status(500), 2);
+    h.create(&h.manifest("acme")).await;
+    h.make_available("acme").await;
+    h.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(h.seshn.pending_faults(), 0);
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1, "no duplicate webhook");
+    let text = h.metrics.encode();
+    assert!(
+        text.contains("reconcile_errors_total{kind=\"RateLimited\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reconcile_errors_total{kind=\"SeshnApiError\"}"),
+        "{text}"
+    );
+    let answered_429: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("seshn_segment_operator_seshn_requests_total")
+                && l.contains("code=\"429\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(answered_429, 3, "{text}");
+    // Failed calls were retried with backoff, not hammered: 8 faults, a handful of calls.
+    let failed = h.seshn.calls().iter().filter(|c| c.status >= 429).count();
+    assert_eq!(failed, 8);
+    assert!(h.seshn.calls().len() < 30, "{:?}", h.seshn.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_api_key_is_a_condition_without_hot_loop_and_recovers_on_rotation() {
+    let h = Harness::start().await;
+    h.put_secret("acme-seshn", "apiKey", "sk_test_wrong").await;
+    h.create(&h.manifest("acme")).await;
+    h.make_available("acme").await;
+    let b = h
+        .wait_condition("acme", "WebhookSynced", "False", Some("Unauthorized"))
+        .await;
+    let ready = b.condition("Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "Unauthorized");
+    assert!(!ready.message.contains("sk_test_wrong"));
+    // Settle, then count calls over a window: a terminal error waits for a change.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = h.seshn.calls().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        h.seshn.calls().len(),
+        calls,
+        "no calls while nothing changes"
+    );
+    assert!(calls <= 6, "only a few attempts in total: {calls}");
+    assert!(h.seshn.webhooks(API_KEY).is_empty());
+
+    // Fixing the key in the Secret is enough (the Secret is watched).
+    h.put_secret("acme-seshn", "apiKey", API_KEY).await;
+    h.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_deleted_before_the_bridge_orphan_after_the_deadline() {
+    let h = Harness::start_with(|c| c.cleanup_deadline = Duration::from_secs(4)).await;
+    h.create_ready("acme").await;
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    secrets
+        .delete("acme-seshn", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.bridges()
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_event("acme", "CleanupBlocked").await;
+    assert!(
+        h.get("acme").await.is_some(),
+        "held by the finalizer until the deadline"
+    );
+    eventually("the bridge to be released", DEADLINE, || async {
+        h.get("acme").await.is_none().then_some(())
+    })
+    .await;
+    h.wait_event("acme", "WebhookOrphaned").await;
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1, "left behind at Seshn");
+    assert!(
+        h.metrics
+            .encode()
+            .contains("seshn_segment_operator_webhooks_orphaned_total 1")
+    );
+}
