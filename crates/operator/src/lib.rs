@@ -62,3 +62,23 @@ mod crd_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use bridge_api::SeshnSegmentBridge;
+
+    /// `examples/bridge.yaml` parses into the Rust type and passes the validate stage.
+    #[test]
+    fn example_bridge_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bridge.yaml");
+        let text = std::fs::read_to_string(&path).expect("examples/bridge.yaml");
+        let mut bridge: SeshnSegmentBridge =
+            serde_yaml_ng::from_str(&text).expect("parsing the example");
+        bridge.metadata.namespace = Some("acme".into());
+        bridge.metadata.uid = Some("uid-1".into());
+        let v = crate::validate::validate(&bridge, &crate::Config::new("img:1")).expect("valid");
+        assert_eq!(v.webhook_url, "https://hooks.example.com/hooks/uid-1");
+        assert_eq!(bridge.spec.seshn.events.len(), 8);
+    }
+}
