@@ -313,3 +313,37 @@ fn dashboard_queries_only_metrics_the_forwarder_exports() {
         );
     }
 }
+
+/// Every environment variable the chart gives the operator is one the binary reads (clap
+/// ignores unknown variables, so a misspelt name would silently do nothing).
+#[test]
+fn every_operator_env_var_in_the_chart_is_read_by_the_binary() {
+    let docs = Helm::new().template(
+        "seshn-segment",
+        "seshn-system",
+        &["--set", "watchNamespaces={a},leaderElection.enabled=true"],
+    );
+    let deploy = one_of_kind(&docs, "Deployment");
+    let main_rs = std::fs::read_to_string(repo_root().join("crates/operator/src/main.rs")).unwrap();
+    let env = container(deploy)["env"].as_array().unwrap();
+    assert!(env.len() >= 12, "{env:?}");
+    for var in env {
+        let name = var["name"].as_str().unwrap();
+        if name == "RUST_LOG" {
+            assert!(
+                main_rs.contains("EnvFilter::try_from_default_env"),
+                "RUST_LOG unused"
+            );
+            continue;
+        }
+        assert!(
+            main_rs.contains(&format!("env = \"{name}\"")),
+            "the chart sets {name}, which seshn-segment-operator does not read"
+        );
+    }
+    assert_eq!(
+        container(deploy)["command"][0],
+        "/usr/local/bin/seshn-segment-operator"
+    );
+    assert_eq!(container(deploy)["args"][0], "run");
+}

@@ -419,6 +419,15 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
             *value = format!("{}{}", dir.display(), &value[mount.len()..]);
         }
     }
+    // Every variable the operator sets is one the forwarder reads (clap ignores unknown ones).
+    let forwarder_config =
+        std::fs::read_to_string(repo_root().join("crates/forwarder/src/config.rs")).unwrap();
+    for name in env.keys() {
+        assert!(
+            forwarder_config.contains(&format!("env = \"{name}\"")),
+            "the operator sets {name}, which seshn-segment-forwarder does not read"
+        );
+    }
     let listen = free_local_addr();
     assert!(env.contains_key("FORWARDER_LISTEN"), "{env:?}");
     assert!(env.contains_key("SEGMENT_ENDPOINT"), "{env:?}");
