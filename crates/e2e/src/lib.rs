@@ -296,6 +296,11 @@ impl TestProcess {
         }
     }
 
+    /// True once the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Panics (with the log) when the process has exited.
     #[track_caller]
     pub fn assert_running(&mut self) {

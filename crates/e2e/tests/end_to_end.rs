@@ -131,20 +131,45 @@ fn command_for(bin: &str, c: &Container, shipped_name: &str) -> Command {
     cmd
 }
 
-async fn wait_http_ok(addr: SocketAddr, path: &str, proc_: &mut TestProcess) {
-    let what = format!("{path} on {addr}");
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        proc_.assert_running();
-        if let Ok((200, _)) = http(addr, "GET", path, &[], b"").await {
-            return;
+/// Starts `bin` the way the container would run (see [`command_for`]) with `env`, plus
+/// `addr_var` set to a free loopback address, and waits until `/readyz` answers 200. A port
+/// taken by someone else between probing and binding is retried with another one.
+async fn start_ready(
+    name: &str,
+    log: &Path,
+    bin: &str,
+    container: &Container,
+    shipped_name: &str,
+    mut env: BTreeMap<String, String>,
+    addr_var: &str,
+) -> (TestProcess, SocketAddr) {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let addr = free_local_addr();
+        env.insert(addr_var.to_owned(), addr.to_string());
+        let mut cmd = command_for(bin, container, shipped_name);
+        cmd.envs(&env);
+        let mut process = TestProcess::spawn(name, cmd, log);
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            if process.has_exited() {
+                if attempt < ATTEMPTS && process.log().contains("in use") {
+                    break;
+                }
+                process.assert_running();
+            }
+            if let Ok((200, _)) = http(addr, "GET", "/readyz", &[], b"").await {
+                return (process, addr);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {name} /readyz on {addr}; log:\n{}",
+                process.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    panic!("{name} found no free port in {ATTEMPTS} attempts")
 }
 
 /// Writes the forwarder pod's volumes under `root` the way the kubelet would mount them:
@@ -327,18 +352,19 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     let op_container = &op_pod.containers[0];
     let mut op_env = resolve_env(op_container, "seshn-segment-e2e-0", &release_ns);
     assert_eq!(op_env.get("SESHN_API_URL"), Some(&seshn.url()));
-    let metrics_addr = free_local_addr();
-    op_env.insert("METRICS_ADDR".into(), metrics_addr.to_string());
+    assert!(op_env.contains_key("METRICS_ADDR"), "{op_env:?}");
     op_env.insert("KUBECONFIG".into(), sa_kubeconfig.display().to_string());
-    let mut cmd = command_for(
+    // /readyz turns 200 once the operator holds the Lease and its controllers run.
+    let (mut operator, _) = start_ready(
+        "operator",
+        &work.path().join("operator.log"),
         env!("CARGO_BIN_EXE_e2e-seshn-segment-operator"),
         op_container,
         "seshn-segment-operator",
-    );
-    cmd.envs(&op_env);
-    let mut operator = TestProcess::spawn("operator", cmd, &work.path().join("operator.log"));
-    // /readyz turns 200 once the operator holds the Lease and its controllers run.
-    wait_http_ok(metrics_addr, "/readyz", &mut operator).await;
+        op_env,
+        "METRICS_ADDR",
+    )
+    .await;
 
     step("operator ready (Lease held)");
     // --- the operator's children; the test plays kubelet for the forwarder -----------------
@@ -428,19 +454,19 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
             "the operator sets {name}, which seshn-segment-forwarder does not read"
         );
     }
-    let listen = free_local_addr();
     assert!(env.contains_key("FORWARDER_LISTEN"), "{env:?}");
     assert!(env.contains_key("SEGMENT_ENDPOINT"), "{env:?}");
-    env.insert("FORWARDER_LISTEN".into(), listen.to_string());
     env.insert("SEGMENT_ENDPOINT".into(), sink.url());
-    let mut cmd = command_for(
+    let (forwarder, listen) = start_ready(
+        "forwarder",
+        &work.path().join("forwarder.log"),
         env!("CARGO_BIN_EXE_e2e-seshn-segment-forwarder"),
         &container,
         "seshn-segment-forwarder",
-    );
-    cmd.envs(&env);
-    let mut forwarder = TestProcess::spawn("forwarder", cmd, &work.path().join("forwarder.log"));
-    wait_http_ok(listen, "/readyz", &mut forwarder).await;
+        env,
+        "FORWARDER_LISTEN",
+    )
+    .await;
 
     step("forwarder ready");
     // --- Seshn delivers signed events ----------------------------------------------------
