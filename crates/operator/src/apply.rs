@@ -134,13 +134,14 @@ fn observe_statefulset(s: Option<&StatefulSet>) -> ForwarderObserved {
     }
 }
 
-/// Applies every child, removes the ones this spec no longer wants (the other workload kind,
-/// a dropped Ingress). Returns the number of writes and the forwarder's state.
+/// Applies every child and, with `check_stale`, removes the ones this spec no longer wants (the
+/// other workload kind, a dropped Ingress). Returns the number of writes and the forwarder's
+/// state.
 pub async fn apply_children(
     client: &Client,
     children: Children,
     uid: &str,
-    had_ingress: bool,
+    check_stale: bool,
 ) -> Result<(usize, ForwarderObserved), ApplyError> {
     let ns = children.service.namespace().unwrap_or_default();
     let name = children.service.name_any();
@@ -149,21 +150,26 @@ pub async fn apply_children(
         Workload::Deployment(d) => {
             let (w, current) = apply_one(client, *d).await?;
             writes += usize::from(w);
-            writes += usize::from(delete_if_owned::<StatefulSet>(client, &ns, &name, uid).await?);
+            if check_stale {
+                writes +=
+                    usize::from(delete_if_owned::<StatefulSet>(client, &ns, &name, uid).await?);
+            }
             observe_deployment(current.as_ref())
         }
         Workload::StatefulSet(s) => {
             let (w, current) = apply_one(client, *s).await?;
             writes += usize::from(w);
-            writes += usize::from(delete_if_owned::<Deployment>(client, &ns, &name, uid).await?);
+            if check_stale {
+                writes +=
+                    usize::from(delete_if_owned::<Deployment>(client, &ns, &name, uid).await?);
+            }
             observe_statefulset(current.as_ref())
         }
     };
     writes += usize::from(apply_one(client, children.service).await?.0);
     match children.ingress {
         Some(i) => writes += usize::from(apply_one(client, i).await?.0),
-        // Only look for a stale Ingress when the spec had one before (or we do not know).
-        None if had_ingress => {
+        None if check_stale => {
             writes += usize::from(delete_if_owned::<Ingress>(client, &ns, &name, uid).await?);
         }
         None => {}

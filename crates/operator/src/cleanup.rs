@@ -75,6 +75,23 @@ async fn delete_webhook(
 
 /// The finalizer's cleanup.
 pub async fn cleanup(bridge: &SeshnSegmentBridge, shared: &Shared) -> Result<Action, Error> {
+    let fresh;
+    let mut bridge = bridge;
+    if bridge
+        .status
+        .as_ref()
+        .and_then(|s| s.webhook.as_ref())
+        .is_none_or(|w| w.id.is_none())
+    {
+        // The cached object may predate the status write that recorded the id: never drop
+        // the finalizer on a stale "nothing registered".
+        let ns = bridge.namespace().ok_or(Error::MissingField("namespace"))?;
+        let api: Api<SeshnSegmentBridge> = Api::namespaced(shared.client.clone(), &ns);
+        if let Some(b) = api.get_opt(&bridge.name_any()).await? {
+            fresh = b;
+            bridge = &fresh;
+        }
+    }
     let wh = bridge.status.as_ref().and_then(|s| s.webhook.as_ref());
     let has_webhook = wh.is_some_and(|w| w.id.is_some() || w.pending_since.is_some());
     if bridge.spec.deletion_policy == DeletionPolicy::Orphan || !has_webhook {

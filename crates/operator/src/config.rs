@@ -29,6 +29,11 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Largest delay of the per-object exponential backoff.
     pub backoff_max: Duration,
+    /// A bridge whose webhook was verified at Seshn less than this long ago (with the same
+    /// id, URL and events) is not fetched again: the passes our own writes trigger right after
+    /// a change would otherwise each cost a Seshn call. Drift made at Seshn is still found by
+    /// the next resync.
+    pub observe_interval: Duration,
     /// Timeout of each Seshn API request.
     pub seshn_timeout: Duration,
     /// Global Seshn request rate (requests per second, shared by every bridge).
@@ -77,6 +82,7 @@ impl Config {
             watch_namespaces: Vec::new(),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            observe_interval: Duration::from_secs(30),
             seshn_timeout: Duration::from_secs(10),
             seshn_rate_per_second: 20,
             seshn_rate_burst: 40,

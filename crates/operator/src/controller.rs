@@ -34,6 +34,15 @@ use crate::status::{self, Cond};
 use crate::validate::{self, WorkloadKind};
 use crate::webhook::{self, SyncInput};
 
+/// When and as what a bridge's webhook was last verified at Seshn.
+#[derive(Debug, Clone)]
+struct Verified {
+    at: Instant,
+    id: String,
+    url: String,
+    events: Vec<String>,
+}
+
 /// State shared by every reconcile.
 pub struct Shared {
     /// Kubernetes client.
@@ -47,6 +56,11 @@ pub struct Shared {
     recorder: Recorder,
     /// Consecutive transient failures per bridge uid (reset on success).
     failures: Mutex<HashMap<String, u32>>,
+    /// Shape (workload kind, has Ingress) of each bridge's last successful apply: stale
+    /// children can only exist after the shape changed (or before we know it).
+    shapes: Mutex<HashMap<String, (WorkloadKind, bool)>>,
+    /// Last verification of each bridge's webhook at Seshn: (when, id, url, events).
+    observed: Mutex<HashMap<String, Verified>>,
     /// Bridges whose `CleanupBlocked` warning was already published.
     cleanup_warned: Mutex<HashSet<String>>,
 }
@@ -87,6 +101,8 @@ impl Shared {
             limiter,
             recorder,
             failures: Mutex::default(),
+            shapes: Mutex::default(),
+            observed: Mutex::default(),
             cleanup_warned: Mutex::default(),
         })
     }
@@ -139,6 +155,8 @@ impl Shared {
     pub fn forget(&self, bridge: &SeshnSegmentBridge) {
         let uid = bridge.uid().unwrap_or_default();
         self.failures().remove(&uid);
+        lock(&self.shapes).remove(&uid);
+        lock(&self.observed).remove(&uid);
         self.cleanup_warned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -172,6 +190,11 @@ impl Shared {
     fn reset_backoff(&self, uid: &str) {
         self.failures().remove(uid);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain maps, consistent between statements: a panic elsewhere does not spoil them.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Exponential backoff: `min * 2^(n-1)`, capped at `max`, with ±20% jitter from `r ∈ [0,1)`.
@@ -260,7 +283,20 @@ async fn apply_bridge(bridge: Arc<SeshnSegmentBridge>, shared: &Shared) -> Resul
         Err(err) => {
             let st = error_conditions(&bridge, &working, forwarder_cond, &err);
             match status::write(&api, &working, &st).await {
-                Ok(true) => shared.metrics.wrote("status", 1),
+                // The status changed, so this is a transition worth an Event (a repeat of the
+                // same error changes nothing and stays silent).
+                Ok(true) => {
+                    shared.metrics.wrote("status", 1);
+                    shared
+                        .event(
+                            &bridge,
+                            EventType::Warning,
+                            err.kind(),
+                            "Reconcile",
+                            err.condition_message(),
+                        )
+                        .await;
+                }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "writing the error status failed"),
             }
@@ -340,7 +376,11 @@ async fn apply_stages(
     // Build and apply the children.
     let checksum = build::secrets_checksum(&[write_key.expose(), signing.expose()]);
     let children = build::build(bridge, &v, &checksum);
-    let (writes, observed) = apply::apply_children(&shared.client, children, &v.uid, true).await?;
+    let shape = (v.workload, bridge.spec.exposure.ingress.is_some());
+    let check_stale = lock(&shared.shapes).get(&v.uid) != Some(&shape);
+    let (writes, observed) =
+        apply::apply_children(&shared.client, children, &v.uid, check_stale).await?;
+    lock(&shared.shapes).insert(v.uid.clone(), shape);
     shared.metrics.wrote("child", writes);
 
     let fwd = if bridge.spec.forwarder.replicas == 0 {
@@ -371,7 +411,22 @@ async fn apply_stages(
                 "the webhook is registered once a forwarder pod is available",
             ),
         )
+    } else if let Some(st) = recently_verified(shared, &v, previous_webhook.as_ref()) {
+        let id = st.id.clone().unwrap_or_default();
+        (
+            Some(st),
+            Cond::ok(
+                "Synced",
+                format!("webhook {id} delivers to {}", v.webhook_url),
+            ),
+        )
     } else {
+        if previous_webhook.as_ref().is_none_or(|w| w.id.is_none()) {
+            // The cached object may predate our own last status write (the watch lags), and
+            // "no id" is what leads to a create: decide on a fresh read instead.
+            let fresh = api.get(&v.name).await?;
+            working.status = fresh.status;
+        }
         let api_key = resolve::secret_key(&secrets, &bridge.spec.seshn.api_key_secret_ref).await?;
         let seshn = shared.seshn_client(&v.seshn_api_url, &api_key)?;
         let signing_text = signing.as_str().unwrap_or_default().to_owned();
@@ -390,6 +445,15 @@ async fn apply_stages(
         }
         let synced = outcome?;
         let id = synced.status.id.clone().unwrap_or_default();
+        lock(&shared.observed).insert(
+            v.uid.clone(),
+            Verified {
+                at: Instant::now(),
+                id: id.clone(),
+                url: v.webhook_url.clone(),
+                events: v.events.clone(),
+            },
+        );
         let (reason, note) = match synced.action {
             webhook::Action::Unchanged => ("", String::new()),
             webhook::Action::Created => (
@@ -453,6 +517,26 @@ async fn apply_stages(
         }
     }
     Ok(Action::requeue(resync))
+}
+
+/// The recorded webhook status when this bridge's webhook was verified at Seshn within
+/// `observe_interval` with exactly the wanted id, URL and events.
+fn recently_verified(
+    shared: &Shared,
+    v: &validate::Validated,
+    previous: Option<&bridge_api::WebhookStatus>,
+) -> Option<bridge_api::WebhookStatus> {
+    let previous = previous?;
+    let id = previous.id.as_ref()?;
+    let observed = lock(&shared.observed);
+    let seen = observed.get(&v.uid)?;
+    (seen.at.elapsed() < shared.config.observe_interval
+        && seen.id == *id
+        && seen.url == v.webhook_url
+        && seen.events == v.events
+        && previous.url.as_deref() == Some(v.webhook_url.as_str())
+        && previous.events == v.events)
+        .then(|| previous.clone())
 }
 
 fn unwrap_finalizer_error(e: finalizer::Error<Error>) -> Error {

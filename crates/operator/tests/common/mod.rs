@@ -100,6 +100,8 @@ impl Harness {
         config.backoff_max = Duration::from_secs(2);
         config.seshn_timeout = Duration::from_secs(5);
         config.seshn_rate_per_second = 0;
+        // Every pass observes Seshn, so tests can force an observation with any change.
+        config.observe_interval = Duration::ZERO;
         config.instance = format!("test-{ns}");
         tweak(&mut config);
         let mut h = Harness {
