@@ -355,7 +355,7 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     assert!(op_env.contains_key("METRICS_ADDR"), "{op_env:?}");
     op_env.insert("KUBECONFIG".into(), sa_kubeconfig.display().to_string());
     // /readyz turns 200 once the operator holds the Lease and its controllers run.
-    let (mut operator, _) = start_ready(
+    let (mut operator, op_addr) = start_ready(
         "operator",
         &work.path().join("operator.log"),
         env!("CARGO_BIN_EXE_e2e-seshn-segment-operator"),
@@ -366,6 +366,16 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     )
     .await;
 
+    // The chart's probes point at endpoints the operator serves.
+    for probe in [&op_container.liveness_probe, &op_container.readiness_probe] {
+        let http_get = probe.as_ref().unwrap().http_get.clone().unwrap();
+        let path = http_get.path.unwrap();
+        let (status, _) = http(op_addr, "GET", &path, &[], b"").await.unwrap();
+        assert_eq!(status, 200, "operator probe {path}");
+    }
+    let (status, metrics) = http(op_addr, "GET", "/metrics", &[], b"").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(!metrics.is_empty(), "operator /metrics is empty");
     step("operator ready (Lease held)");
     // --- the operator's children; the test plays kubelet for the forwarder -----------------
     let deploys: Api<Deployment> = Api::namespaced(admin.clone(), &tenant_ns);

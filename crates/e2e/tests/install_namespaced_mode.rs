@@ -180,6 +180,38 @@ async fn namespaced_mode_confines_the_operator_to_its_namespaces() {
         .unwrap_err();
     assert!(is_forbidden(&err), "Lease without leader election: {err}");
 
+    // helm upgrade changes the operator in place (and re-applies the CRD from templates/).
+    let _ = helm
+        .run([
+            "upgrade",
+            RELEASE,
+            &chart,
+            "--namespace",
+            &release_ns,
+            "--timeout",
+            "2m",
+            "--reuse-values",
+            "--set",
+            "operator.concurrency=3",
+        ])
+        .expect_ok("helm upgrade");
+    let deploy = Api::<Deployment>::namespaced(admin.clone(), &release_ns)
+        .get(&sa_name)
+        .await
+        .unwrap();
+    let env = deploy.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let concurrency = env.iter().find(|e| e.name == "CONCURRENCY").unwrap();
+    assert_eq!(concurrency.value.as_deref(), Some("3"));
+    let watched = env.iter().find(|e| e.name == "WATCH_NAMESPACES").unwrap();
+    assert_eq!(
+        watched.value.as_deref(),
+        Some(format!("{tenant_a},{tenant_b}").as_str()),
+        "--reuse-values keeps the watched namespaces"
+    );
+
     // crds.keep=false: uninstall removes the CRD (and with it the bridges).
     let _ = helm
         .run([
