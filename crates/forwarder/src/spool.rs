@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use std::sync::mpsc;
+
+use tokio::sync::{Notify, oneshot};
 
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 const DEAD: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("dead_letters");
@@ -35,6 +37,13 @@ pub const FILE_NAME: &str = "spool.redb";
 pub const ENTRY_OVERHEAD: u64 = 32;
 /// Most operations applied in one commit; bounds the transaction's memory.
 const MAX_GROUP: usize = 4096;
+/// Removals of delivered messages do not need a commit of their own: they ride along with the
+/// next group of appends, or are committed after this long without one.
+const LAZY_COMMIT: Duration = Duration::from_millis(100);
+/// Pending removals that force a commit even without appends.
+const MAX_LAZY: usize = 1024;
+/// Yields to other threads while more operations keep arriving, before committing.
+const MAX_YIELDS: usize = 8;
 /// Size of an entry's header (the receive time).
 const HEADER: usize = 8;
 
@@ -171,7 +180,7 @@ enum Op {
 }
 
 struct Shared {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: mpsc::Sender<Op>,
     db: Arc<Database>,
     stats: Arc<SpoolStats>,
     notify: Arc<Notify>,
@@ -209,14 +218,14 @@ impl Spool {
         let next_key = recover(&db, &stats)?;
         let db = Arc::new(db);
         let notify = Arc::new(Notify::new());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let writer = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
             let notify = Arc::clone(&notify);
             std::thread::Builder::new()
                 .name("spool-writer".into())
-                .spawn(move || writer_loop(&db, &stats, &notify, rx, next_key))
+                .spawn(move || writer_loop(&db, &stats, &notify, &rx, next_key))
                 .map_err(|e| SpoolError::Storage(format!("starting the writer: {}", e.kind())))?
         };
         Ok(Self {
@@ -438,23 +447,55 @@ fn writer_loop(
     db: &Database,
     stats: &SpoolStats,
     notify: &Notify,
-    mut rx: mpsc::UnboundedReceiver<Op>,
+    rx: &mpsc::Receiver<Op>,
     mut next_key: u64,
 ) {
-    let mut ops = Vec::with_capacity(256);
+    let mut ops: Vec<Op> = Vec::with_capacity(256);
     let mut stop = false;
     while !stop {
-        let Some(first) = rx.blocking_recv() else {
-            break;
+        // Removals alone may wait (LAZY_COMMIT); anything else is committed at once.
+        let first = if ops.is_empty() {
+            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(LAZY_COMMIT)
         };
-        ops.push(first);
-        while ops.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+        let mut forced = match first {
+            Ok(op) => {
+                ops.push(op);
+                false
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                stop = true;
+                true
+            }
+        };
+        // Group commit: take everything queued. On a busy core the request handlers that would
+        // add to this group are runnable right now, so yield to them while they keep adding:
+        // the commit (and its fsync) then serves more requests at once.
+        let mut yields = 0;
+        loop {
+            let before = ops.len();
+            while ops.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            if ops.len() == before || ops.len() >= MAX_GROUP || yields >= MAX_YIELDS {
+                break;
+            }
+            yields += 1;
+            std::thread::yield_now();
         }
-        stop = ops.iter().any(|op| matches!(op, Op::Shutdown));
+        let urgent = ops
+            .iter()
+            .any(|op| matches!(op, Op::Append { .. } | Op::Dead { .. } | Op::Shutdown));
+        stop |= ops.iter().any(|op| matches!(op, Op::Shutdown));
+        forced |= ops.len() >= MAX_LAZY;
+        if !(urgent || forced || stop) || ops.is_empty() {
+            continue;
+        }
         let start_key = next_key;
         let outcome = commit_group(db, &ops, &mut next_key);
         // Counters first, answers second: whoever sees a 2xx also sees the new depth.
@@ -511,7 +552,6 @@ fn writer_loop(
         }
     }
     // Whatever arrived after the shutdown op is refused.
-    rx.close();
     while let Ok(op) = rx.try_recv() {
         if let Op::Append { cost, reply, .. } = op {
             stats.bytes.fetch_sub(cost, Ordering::AcqRel);
