@@ -273,6 +273,7 @@ pub fn free_local_addr() -> SocketAddr {
 pub struct TestProcess {
     name: String,
     child: Child,
+    watchdog: Option<Child>,
     log: PathBuf,
 }
 
@@ -289,9 +290,11 @@ impl TestProcess {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let watchdog = spawn_watchdog(child.id());
         Self {
             name: name.to_owned(),
             child,
+            watchdog,
             log: log.to_owned(),
         }
     }
@@ -326,6 +329,23 @@ impl TestProcess {
     }
 }
 
+/// A detached `sh` loop that stops `pid` once this test process is gone, even when it was killed
+/// (e.g. by a test-runner timeout) and no destructor ran.
+fn spawn_watchdog(pid: u32) -> Option<Child> {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill {pid} 2>/dev/null; \
+         sleep 2; kill -9 {pid} 2>/dev/null"
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
 impl Drop for TestProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -333,6 +353,11 @@ impl Drop for TestProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The process is gone: stop its watchdog before that pid can be reused by another.
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 }
 
