@@ -210,3 +210,43 @@ async fn orphan_policy_keeps_the_webhook() {
     assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
     assert_eq!(h.seshn.call_count(Op::Delete), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_right_after_a_verification_do_not_call_seshn_again() {
+    let h = Harness::start_with(|c| c.observe_interval = Duration::from_secs(600)).await;
+    h.create_ready("acme").await;
+    let ok = |h: &Harness| {
+        h.metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("seshn_segment_operator_reconciles_total{result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let calls = h.seshn.calls().len();
+    let passes = ok(&h);
+    h.bridges()
+        .patch(
+            "acme",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("another pass", DEADLINE, || async {
+        (ok(&h) > passes).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.seshn.calls().len(),
+        calls,
+        "verified moments ago: no Seshn call"
+    );
+    // A spec change is never served from that memory.
+    h.patch_spec("acme", json!({"seshn": {"events": ["booking.created"]}}))
+        .await;
+    eventually("the update at Seshn", DEADLINE, || async {
+        (h.seshn.webhooks(API_KEY)[0].events == vec!["booking.created".to_string()]).then_some(())
+    })
+    .await;
+}
