@@ -737,6 +737,9 @@ pub async fn run(
         config.clone(),
         metrics.clone(),
     )?);
+    // Ready means "up and able to reach the API", also while standing by for the lease: a
+    // standby that is never ready would block every rolling update of the operator.
+    metrics.set_ready(true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
 
@@ -752,7 +755,6 @@ pub async fn run(
         info!(instance = %config.instance, "acquired the leader lease");
     }
     metrics.leader.set(1);
-    metrics.set_ready(true);
 
     let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
         vec![None]

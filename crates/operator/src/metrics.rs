@@ -145,7 +145,7 @@ impl Metrics {
             .sum()
     }
 
-    /// Marks the operator ready (controllers started).
+    /// Marks the operator ready (started; acting or standing by for the lease).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
