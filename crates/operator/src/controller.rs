@@ -530,7 +530,12 @@ fn recently_verified(
     let id = previous.id.as_ref()?;
     let observed = lock(&shared.observed);
     let seen = observed.get(&v.uid)?;
-    (seen.at.elapsed() < shared.config.observe_interval
+    // Never long enough to swallow a periodic resync.
+    let fresh_for = shared
+        .config
+        .observe_interval
+        .min(shared.config.resync_interval / 2);
+    (seen.at.elapsed() < fresh_for
         && seen.id == *id
         && seen.url == v.webhook_url
         && seen.events == v.events
