@@ -256,6 +256,53 @@ pub fn metric_base_name(series: &str) -> &str {
         .unwrap_or(name)
 }
 
+/// The SeshnSegmentBridge resource, untyped (the RBAC tests need no more than that).
+pub fn bridge_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(
+            "integrations.seshn.net",
+            "v1alpha1",
+            "SeshnSegmentBridge",
+        ),
+        "seshnsegmentbridges",
+    )
+}
+
+/// Waits until `client` may list bridges in `namespace` (all namespaces for `None`) and, when
+/// `lease_namespace` is given, read Leases there. The apiserver's RBAC view follows new
+/// (Cluster)RoleBindings through a watch, so it can lag `helm install` by a moment; a test must
+/// not mistake that lag for a missing grant, nor start the operator before it is over.
+pub async fn wait_until_authorized(
+    client: &Client,
+    namespace: Option<&str>,
+    lease_namespace: Option<&str>,
+) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let bridges: Api<kube::api::DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &bridge_resource()),
+        None => Api::all_with(client.clone(), &bridge_resource()),
+    };
+    let leases: Option<Api<Lease>> = lease_namespace.map(|ns| Api::namespaced(client.clone(), ns));
+    eventually(
+        "the ServiceAccount's RBAC to take effect",
+        Duration::from_secs(60),
+        || {
+            let (bridges, leases) = (bridges.clone(), leases.clone());
+            async move {
+                bridges
+                    .list(&kube::api::ListParams::default().limit(1))
+                    .await
+                    .ok()?;
+                if let Some(leases) = leases {
+                    leases.get_opt("probe").await.ok()?;
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// True when `err` is the apiserver refusing for lack of permission (HTTP 403).
 pub fn is_forbidden(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 403)

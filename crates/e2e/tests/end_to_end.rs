@@ -263,6 +263,7 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     step("test bed up");
     let release_ns = tb.namespace().await;
     let tenant_ns = tb.namespace().await;
+    let unwatched_ns = tb.namespace().await;
     let work = tempfile::tempdir().unwrap();
     let seshn = FakeSeshn::start().await;
 
@@ -339,6 +340,13 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     let sa_kubeconfig = work.path().join("operator-kubeconfig");
     tb.write_kubeconfig_for_token(&token, &sa_kubeconfig)
         .unwrap();
+    // The operator exits when its first list is refused: start it once the grants are live.
+    e2e::wait_until_authorized(
+        &tb.client_with_token(&token).await,
+        Some(&tenant_ns),
+        Some(&release_ns),
+    )
+    .await;
     let op_deploy = Api::<Deployment>::namespaced(admin.clone(), &release_ns)
         .get(RELEASE)
         .await
@@ -435,6 +443,14 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     );
 
     step("bridge Ready, webhook registered");
+    // A bridge outside the watched namespaces is none of this operator's business.
+    let mut stray = bridge.clone();
+    stray["metadata"]["namespace"] = json!(unwatched_ns);
+    let stray_bridges: Api<SeshnSegmentBridge> = Api::namespaced(admin.clone(), &unwatched_ns);
+    stray_bridges
+        .patch(&bridge_name, &apply, &Patch::Apply(&stray))
+        .await
+        .unwrap();
     // --- the forwarder: the operator's Deployment, run as a process ---------------------
     let fwd = deploys.get(&fwd_name).await.unwrap();
     let pod = fwd.spec.unwrap().template.spec.unwrap();
@@ -584,23 +600,26 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     }
 
     step("events delivered to Segment");
-    // The dashboard's metrics exist on the live forwarder (a labelled family shows up once it has
-    // a sample: dead letters need an oversize or refused message, which this run has none of;
-    // their registration is checked by the chart tests).
-    let (status, metrics) = http(listen, "GET", "/metrics", &[], b"").await.unwrap();
-    assert_eq!(status, 200);
+    // The dashboard's metrics exist on the live forwarder. A labelled family shows up once it
+    // has a sample, and the batch result and latency are recorded just after Segment answered,
+    // so poll. Dead letters need an oversize or refused message, which this run has none of;
+    // their registration is checked by the chart tests.
     let dashboard =
         std::fs::read_to_string(chart_dir().join("files/dashboards/booking-health.json")).unwrap();
-    for series in e2e::dashboard_metric_names(&dashboard) {
-        if e2e::metric_base_name(&series) == "dead_letters" {
-            continue;
+    let families: Vec<String> = e2e::dashboard_metric_names(&dashboard)
+        .iter()
+        .map(|s| e2e::metric_base_name(s).to_owned())
+        .filter(|base| base != "dead_letters")
+        .map(|base| format!("seshn_forwarder_{base}"))
+        .collect();
+    let metrics = eventually("the dashboard's metrics on the forwarder", LIMIT, || {
+        let families = families.clone();
+        async move {
+            let (status, text) = http(listen, "GET", "/metrics", &[], b"").await.ok()?;
+            (status == 200 && families.iter().all(|f| text.contains(f.as_str()))).then_some(text)
         }
-        let family = format!("seshn_forwarder_{}", e2e::metric_base_name(&series));
-        assert!(
-            metrics.contains(&family),
-            "dashboard metric {series} not exported by the forwarder"
-        );
-    }
+    })
+    .await;
     assert!(
         metrics.contains(
             r#"seshn_forwarder_webhooks_received_total{event="booking.created",outcome="accepted"} 1"#
@@ -632,6 +651,24 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     }
 
     step("metrics and logs checked");
+    // By now (seconds later) the stray bridge would have been acted on, were it watched.
+    let stray_now = stray_bridges.get(&bridge_name).await.unwrap();
+    assert!(
+        stray_now.status.is_none(),
+        "an unwatched bridge got a status"
+    );
+    assert!(
+        stray_now.finalizers().is_empty(),
+        "an unwatched bridge got a finalizer"
+    );
+    assert!(
+        Api::<Deployment>::namespaced(admin.clone(), &unwatched_ns)
+            .get_opt(&fwd_name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(seshn.webhooks(&api_key).len(), 1, "one webhook only");
     // --- the tenant deletes the bridge: the webhook goes away at Seshn -------------------
     bridges
         .delete(&bridge_name, &DeleteParams::default())
@@ -671,17 +708,22 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     let crd = crds.get(CRD_NAME).await.expect("the CRD is kept");
     assert!(crd.metadata.deletion_timestamp.is_none());
+    // With the CRD kept, bridges survive the uninstall: only the unwatched one is left.
     let leftovers: Api<DynamicObject> = Api::all_with(
         admin.clone(),
         &kube::api::ApiResource::erase::<SeshnSegmentBridge>(&()),
     );
-    assert!(
-        leftovers
-            .list(&kube::api::ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
+    let left: Vec<(Option<String>, String)> = leftovers
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|b| (b.metadata.namespace.clone(), b.name_any()))
+        .collect();
+    assert_eq!(
+        left,
+        vec![(Some(unwatched_ns.clone()), bridge_name.clone())]
     );
     step("helm uninstall done, CRD kept");
 }

@@ -123,6 +123,7 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
     // The chart's ServiceAccount, not the admin.
     let token = service_account_token(&admin, &release_ns, RELEASE).await;
     let op = tb.client_with_token(&token).await;
+    e2e::wait_until_authorized(&op, None, Some(&release_ns)).await;
 
     // Tenant state the operator works with, made by the admin (as a tenant would).
     let admin_bridges: Api<DynamicObject> =

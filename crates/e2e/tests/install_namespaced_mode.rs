@@ -112,6 +112,7 @@ async fn namespaced_mode_confines_the_operator_to_its_namespaces() {
     let sa_name = format!("{RELEASE}-seshn-segment");
     let token = service_account_token(&admin, &release_ns, &sa_name).await;
     let op = tb.client_with_token(&token).await;
+    e2e::wait_until_authorized(&op, Some(&tenant_a), None).await;
 
     // Inside the watched namespaces: the operator's job.
     let bridges_a: Api<DynamicObject> =
