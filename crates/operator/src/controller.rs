@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bridge_api::{
-    CONDITION_FORWARDER_AVAILABLE, CONDITION_WEBHOOK_SYNCED, ForwarderStatus, SeshnSegmentBridge,
+    CONDITION_FORWARDER_AVAILABLE, CONDITION_WEBHOOK_SYNCED, SeshnSegmentBridge,
     SeshnSegmentBridgeStatus,
 };
 use futures::StreamExt;
@@ -413,13 +413,7 @@ async fn apply_stages(
         )
     } else if let Some(st) = recently_verified(shared, &v, previous_webhook.as_ref()) {
         let id = st.id.clone().unwrap_or_default();
-        (
-            Some(st),
-            Cond::ok(
-                "Synced",
-                format!("webhook {id} delivers to {}", v.webhook_url),
-            ),
-        )
+        (Some(st), status::synced(&id, &v.webhook_url))
     } else {
         if previous_webhook.as_ref().is_none_or(|w| w.id.is_none()) {
             // The cached object may predate our own last status write (the watch lags), and
@@ -436,6 +430,8 @@ async fn apply_stages(
             bridge: &*working,
             v: &v,
             signing_secret: &signing_text,
+            forwarder: &fwd,
+            ready_replicas: observed.ready_replicas,
         };
         let mut written = Vec::new();
         let outcome = webhook::sync(&input, &mut written).await;
@@ -480,41 +476,38 @@ async fn apply_stages(
                 .event(bridge, EventType::Normal, reason, "SyncWebhook", note)
                 .await;
         }
-        (
-            Some(synced.status),
-            Cond::ok(
-                "Synced",
-                format!("webhook {id} delivers to {}", v.webhook_url),
-            ),
-        )
+        (Some(synced.status), status::synced(&id, &v.webhook_url))
     };
 
-    let mut st = working.status.clone().unwrap_or_default();
-    st.webhook = webhook_status;
-    st.forwarder = Some(ForwarderStatus {
-        ready_replicas: observed.ready_replicas,
-    });
-    let st = status::with_conditions(working, st, &fwd, &wh_cond);
+    let st = status::complete(
+        working,
+        working.status.clone().unwrap_or_default(),
+        webhook_status,
+        observed.ready_replicas,
+        &fwd,
+        &wh_cond,
+    );
+    if status::write(api, working, &st).await? {
+        shared.metrics.wrote("status", 1);
+    }
+    // Compared with the pass's input: the webhook stage may already have recorded Ready.
     let was_ready = bridge
         .condition(bridge_api::CONDITION_READY)
         .is_some_and(|c| c.status == "True");
-    if status::write(api, working, &st).await? {
-        shared.metrics.wrote("status", 1);
-        let ready_now = st
-            .conditions
-            .iter()
-            .any(|c| c.type_ == bridge_api::CONDITION_READY && c.status == "True");
-        if ready_now && !was_ready {
-            shared
-                .event(
-                    bridge,
-                    EventType::Normal,
-                    "Ready",
-                    "Reconcile",
-                    "the forwarder is available and the webhook is registered".into(),
-                )
-                .await;
-        }
+    let ready_now = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == bridge_api::CONDITION_READY && c.status == "True");
+    if ready_now && !was_ready {
+        shared
+            .event(
+                bridge,
+                EventType::Normal,
+                "Ready",
+                "Reconcile",
+                "the forwarder is available and the webhook is registered".into(),
+            )
+            .await;
     }
     Ok(Action::requeue(resync))
 }

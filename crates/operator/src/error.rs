@@ -123,15 +123,17 @@ impl Error {
         match self {
             Error::Resolve(ResolveError::Read { source, .. })
             | Error::Apply(ApplyError { source, .. }) => kube_class(source),
-            Error::Resolve(_) | Error::Validate(_) | Error::MissingField(_) => Class::Terminal,
-            Error::Webhook(WebhookError::Seshn { source, .. }) => {
-                if source.is_transient() {
-                    Class::Transient
-                } else {
-                    Class::Terminal
-                }
+            // A webhook that vanished between two calls is recreated by the next pass.
+            Error::Webhook(WebhookError::Seshn { source, .. })
+                if source.is_transient() || matches!(source, SeshnError::NotFound) =>
+            {
+                Class::Transient
             }
             Error::Webhook(WebhookError::Record(e)) | Error::Kube(e) => kube_class(e),
+            Error::Resolve(_)
+            | Error::Validate(_)
+            | Error::MissingField(_)
+            | Error::Webhook(WebhookError::Seshn { .. }) => Class::Terminal,
             Error::CleanupBlocked(_) => Class::Transient,
         }
     }
@@ -219,6 +221,7 @@ mod tests {
         assert_eq!(server.class(), Class::Transient);
         assert_eq!(server.kind(), "SeshnApiError");
         assert_eq!(server.retry_after(), None);
+        assert_eq!(seshn(SeshnError::NotFound).class(), Class::Transient);
         let missing: Error = ResolveError::SecretNotFound { name: "s".into() }.into();
         assert_eq!(missing.class(), Class::Terminal);
         assert_eq!(missing.kind(), "SecretNotFound");

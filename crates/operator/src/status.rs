@@ -6,8 +6,8 @@
 //! write (a write would wake the controller again: the classic self-triggered hot loop).
 
 use bridge_api::{
-    CONDITION_FORWARDER_AVAILABLE, CONDITION_READY, CONDITION_WEBHOOK_SYNCED, SeshnSegmentBridge,
-    SeshnSegmentBridgeStatus,
+    CONDITION_FORWARDER_AVAILABLE, CONDITION_READY, CONDITION_WEBHOOK_SYNCED, ForwarderStatus,
+    SeshnSegmentBridge, SeshnSegmentBridgeStatus, WebhookStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -121,6 +121,26 @@ pub fn with_conditions(
     ];
     status.observed_generation = generation;
     status
+}
+
+/// The `WebhookSynced=True` condition.
+pub fn synced(id: &str, url: &str) -> Cond {
+    Cond::ok("Synced", format!("webhook {id} delivers to {url}"))
+}
+
+/// The full status at the end of a pass: `base` (the latest recorded status) with the webhook,
+/// the forwarder's ready count and the conditions. Transition times come from `working`.
+pub fn complete(
+    working: &SeshnSegmentBridge,
+    mut base: SeshnSegmentBridgeStatus,
+    webhook: Option<WebhookStatus>,
+    ready_replicas: i32,
+    forwarder: &Cond,
+    webhook_cond: &Cond,
+) -> SeshnSegmentBridgeStatus {
+    base.webhook = webhook;
+    base.forwarder = Some(ForwarderStatus { ready_replicas });
+    with_conditions(working, base, forwarder, webhook_cond)
 }
 
 /// Writes `status` with server-side apply unless it equals the current one. Returns whether a

@@ -55,6 +55,11 @@ pub struct SyncInput<'a> {
     pub v: &'a Validated,
     /// The signing secret we hold (sent on create).
     pub signing_secret: &'a str,
+    /// The forwarder's condition in this pass (the final record carries full conditions, so
+    /// the end of the pass has nothing left to write).
+    pub forwarder: &'a status::Cond,
+    /// The forwarder's ready pods in this pass.
+    pub ready_replicas: i32,
 }
 
 impl std::fmt::Debug for SyncInput<'_> {
@@ -130,12 +135,27 @@ async fn record(
     webhook: WebhookStatus,
 ) -> Result<(), WebhookError> {
     let api: Api<SeshnSegmentBridge> = Api::namespaced(input.kube.clone(), &input.v.namespace);
-    let mut st: SeshnSegmentBridgeStatus = written
+    let latest = written
         .last()
         .cloned()
-        .or_else(|| input.bridge.status.clone())
-        .unwrap_or_default();
-    st.webhook = Some(webhook);
+        .or_else(|| input.bridge.status.clone());
+    let st = if let Some(id) = webhook.id.clone() {
+        // The outcome: record it with the pass's final conditions at once.
+        let mut current = input.bridge.clone();
+        current.status.clone_from(&latest);
+        status::complete(
+            &current,
+            latest.unwrap_or_default(),
+            Some(webhook),
+            input.ready_replicas,
+            input.forwarder,
+            &status::synced(&id, &input.v.webhook_url),
+        )
+    } else {
+        let mut st = latest.unwrap_or_default();
+        st.webhook = Some(webhook);
+        st
+    };
     // Force the write: the in-memory status may be stale after an earlier record().
     let mut blank = input.bridge.clone();
     blank.status = None;
