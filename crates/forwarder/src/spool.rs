@@ -42,8 +42,9 @@ const MAX_GROUP: usize = 4096;
 const LAZY_COMMIT: Duration = Duration::from_millis(100);
 /// Pending removals that force a commit even without appends.
 const MAX_LAZY: usize = 1024;
-/// Yields to other threads while more operations keep arriving, before committing.
-const MAX_YIELDS: usize = 8;
+/// Longest a group waits for the requests expected to join it (see `writer_loop`). Only paid
+/// when the previous group was larger than the current one; a lone request never waits.
+const GROUP_WAIT: Duration = Duration::from_millis(1);
 /// Size of an entry's header (the receive time).
 const HEADER: usize = 8;
 
@@ -452,6 +453,8 @@ fn writer_loop(
 ) {
     let mut ops: Vec<Op> = Vec::with_capacity(256);
     let mut stop = false;
+    // Appends in the last group: how many requests are usually in flight together.
+    let mut expected = 1usize;
     while !stop {
         // Removals alone may wait (LAZY_COMMIT); anything else is committed at once.
         let first = if ops.is_empty() {
@@ -470,23 +473,36 @@ fn writer_loop(
                 true
             }
         };
-        // Group commit: take everything queued. On a busy core the request handlers that would
-        // add to this group are runnable right now, so yield to them while they keep adding:
-        // the commit (and its fsync) then serves more requests at once.
-        let mut yields = 0;
+        // Group commit: take everything queued, then give the requests still in flight a moment
+        // to join. Under steady load the same clients come back every round, so the last group's
+        // size is a good guess of who is coming: wait (at most GROUP_WAIT) until that many
+        // appends are here. One commit (one fsync) then answers all of them, instead of several
+        // small commits whose fixed CPU cost would dominate.
+        let waited = std::time::Instant::now();
         loop {
-            let before = ops.len();
             while ops.len() < MAX_GROUP {
                 match rx.try_recv() {
                     Ok(op) => ops.push(op),
                     Err(_) => break,
                 }
             }
-            if ops.len() == before || ops.len() >= MAX_GROUP || yields >= MAX_YIELDS {
+            let appends = ops
+                .iter()
+                .filter(|op| matches!(op, Op::Append { .. }))
+                .count();
+            let elapsed = waited.elapsed();
+            if appends == 0
+                || appends >= expected
+                || ops.len() >= MAX_GROUP
+                || elapsed >= GROUP_WAIT
+                || ops.iter().any(|op| matches!(op, Op::Shutdown))
+            {
                 break;
             }
-            yields += 1;
-            std::thread::yield_now();
+            match rx.recv_timeout(GROUP_WAIT - elapsed) {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
         }
         let urgent = ops
             .iter()
@@ -495,6 +511,13 @@ fn writer_loop(
         forced |= ops.len() >= MAX_LAZY;
         if !(urgent || forced || stop) || ops.is_empty() {
             continue;
+        }
+        let appends = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Append { .. }))
+            .count();
+        if appends > 0 {
+            expected = appends.max(1);
         }
         let start_key = next_key;
         let outcome = commit_group(db, &ops, &mut next_key);
