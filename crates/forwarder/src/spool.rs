@@ -499,7 +499,7 @@ fn writer_loop(
             {
                 break;
             }
-            match rx.recv_timeout(GROUP_WAIT - elapsed) {
+            match rx.recv_timeout(GROUP_WAIT.saturating_sub(elapsed)) {
                 Ok(op) => ops.push(op),
                 Err(_) => break,
             }
