@@ -281,3 +281,56 @@ async fn leader_election_lets_one_replica_act_and_fails_over() {
     assert_eq!(h.seshn.call_count(Op::Create), 1);
     assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_from_ingress_to_public_url_moves_the_webhook_and_removes_the_ingress() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::ResourceExt;
+    let h = Harness::start().await;
+    let mut m = h.manifest("acme");
+    m["spec"]["exposure"] = json!({"ingress": {
+        "className": "nginx", "host": "hooks.example.com", "tlsSecretName": "tls",
+        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}});
+    let created = h.create(&m).await;
+    let uid = created.uid().unwrap();
+    h.make_available("acme").await;
+    h.wait_condition("acme", "Ready", "True", None).await;
+    let ingresses: Api<Ingress> = Api::namespaced(h.client.clone(), &h.ns);
+    let ing = ingresses.get("acme-forwarder").await.unwrap();
+    assert_eq!(ing.owner_references()[0].uid, uid);
+    let rule = &ing.spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some("hooks.example.com"));
+    assert_eq!(
+        rule.http.as_ref().unwrap().paths[0].path.as_deref(),
+        Some(format!("/hooks/{uid}").as_str())
+    );
+    assert_eq!(
+        h.seshn.webhooks(API_KEY)[0].url,
+        format!("https://hooks.example.com/hooks/{uid}")
+    );
+
+    // A merge patch cannot drop one member of a oneOf and add the other in two steps, so
+    // replace the whole exposure.
+    h.patch_spec(
+        "acme",
+        json!({"exposure": {"ingress": null, "publicUrl": "https://gw.example.com/t"}}),
+    )
+    .await;
+    eventually("the Ingress to be removed", DEADLINE, || async {
+        ingresses
+            .get_opt("acme-forwarder")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the webhook URL to move", DEADLINE, || async {
+        (h.seshn.webhooks(API_KEY)[0].url == format!("https://gw.example.com/t/hooks/{uid}"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
+    assert_eq!(h.seshn.call_count(Op::Update), 1);
+    assert_eq!(h.seshn.call_count(Op::Create), 1);
+}
