@@ -26,13 +26,55 @@ pub fn hash_of<K: Serialize>(obj: &K) -> String {
     hex::encode(&Sha256::digest(&bytes)[..16])
 }
 
+/// The hand-editable parts of a pod template we care about: the images and our checksum
+/// annotation (other annotations, such as `kubectl rollout restart`'s, are not ours).
+fn template_key(
+    t: &k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> (Vec<Option<String>>, Option<String>) {
+    let images = t
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().map(|c| c.image.clone()).collect())
+        .unwrap_or_default();
+    let checksum = t
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(crate::build::CHECKSUM_ANNOTATION).cloned());
+    (images, checksum)
+}
+
+/// Whether a Deployment still has the desired replicas, images and template annotations.
+pub fn same_deployment(desired: &Deployment, current: &Deployment) -> bool {
+    match (&desired.spec, &current.spec) {
+        (Some(d), Some(c)) => {
+            d.replicas == c.replicas && template_key(&d.template) == template_key(&c.template)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a StatefulSet still has the desired replicas, images and template annotations.
+pub fn same_statefulset(desired: &StatefulSet, current: &StatefulSet) -> bool {
+    match (&desired.spec, &current.spec) {
+        (Some(d), Some(c)) => {
+            d.replicas == c.replicas && template_key(&d.template) == template_key(&c.template)
+        }
+        _ => false,
+    }
+}
+
 fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.owner_references().iter().any(|o| o.uid == uid)
 }
 
 /// Applies `obj` unless the cached copy carries the same applied hash. Returns whether a
 /// write happened.
-async fn apply_one<K>(client: &Client, mut obj: K) -> Result<(bool, Option<K>), ApplyError>
+async fn apply_one<K>(
+    client: &Client,
+    mut obj: K,
+    same: impl Fn(&K, &K) -> bool,
+) -> Result<(bool, Option<K>), ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + k8s_openapi::Resource
@@ -52,10 +94,12 @@ where
         source,
     };
     // A read is cheap; a write wakes every watcher of the object. Skip it when the object
-    // still carries the hash of exactly this desired form.
+    // still carries the hash of exactly this desired form and the fields people edit by hand
+    // (replicas, image, the checksum) were not changed behind our back.
     let current = api.get_opt(&name).await.map_err(err)?;
     if let Some(current) = current
         && current.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
+        && same(&obj, &current)
     {
         return Ok((false, Some(current)));
     }
@@ -148,7 +192,7 @@ pub async fn apply_children(
     let mut writes = 0;
     let observed = match children.workload {
         Workload::Deployment(d) => {
-            let (w, current) = apply_one(client, *d).await?;
+            let (w, current) = apply_one(client, *d, same_deployment).await?;
             writes += usize::from(w);
             if check_stale {
                 writes +=
@@ -157,7 +201,7 @@ pub async fn apply_children(
             observe_deployment(current.as_ref())
         }
         Workload::StatefulSet(s) => {
-            let (w, current) = apply_one(client, *s).await?;
+            let (w, current) = apply_one(client, *s, same_statefulset).await?;
             writes += usize::from(w);
             if check_stale {
                 writes +=
@@ -166,9 +210,9 @@ pub async fn apply_children(
             observe_statefulset(current.as_ref())
         }
     };
-    writes += usize::from(apply_one(client, children.service).await?.0);
+    writes += usize::from(apply_one(client, children.service, |_, _| true).await?.0);
     match children.ingress {
-        Some(i) => writes += usize::from(apply_one(client, i).await?.0),
+        Some(i) => writes += usize::from(apply_one(client, i, |_, _| true).await?.0),
         None if check_stale => {
             writes += usize::from(delete_if_owned::<Ingress>(client, &ns, &name, uid).await?);
         }
@@ -179,5 +223,7 @@ pub async fn apply_children(
 
 /// Applies the signing Secret (only called when it is missing or must change).
 pub async fn apply_secret(client: &Client, secret: Secret) -> Result<(), ApplyError> {
-    apply_one::<Secret>(client, secret).await.map(|_| ())
+    apply_one::<Secret>(client, secret, |_, _| true)
+        .await
+        .map(|_| ())
 }

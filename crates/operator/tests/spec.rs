@@ -334,3 +334,57 @@ async fn switching_from_ingress_to_public_url_moves_the_webhook_and_removes_the_
     assert_eq!(h.seshn.call_count(Op::Update), 1);
     assert_eq!(h.seshn.call_count(Op::Create), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_of_the_forwarder_are_reverted() {
+    let h = Harness::start().await;
+    h.create_ready("acme").await;
+    h.deployments()
+        .patch(
+            "acme-forwarder",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    eventually("the replicas to be restored", DEADLINE, || async {
+        let d = h.deployments().get("acme-forwarder").await.ok()?;
+        (d.spec?.replicas == Some(1)).then_some(())
+    })
+    .await;
+    // `kubectl rollout restart` style annotations are not ours and are left alone.
+    h.deployments()
+        .patch(
+            "acme-forwarder",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations":
+                {"kubectl.kubernetes.io/restartedAt": "2024-01-01T00:00:00Z"}}}}})),
+        )
+        .await
+        .unwrap();
+    let writes = h.metrics.total_writes();
+    let gets = h.seshn.call_count(Op::Get);
+    h.bridges()
+        .patch(
+            "acme",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("another pass", DEADLINE, || async {
+        (h.seshn.call_count(Op::Get) > gets).then_some(())
+    })
+    .await;
+    assert_eq!(h.metrics.total_writes(), writes);
+    let d = h.deployments().get("acme-forwarder").await.unwrap();
+    let annotations = d
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
+    assert!(annotations.contains_key("kubectl.kubernetes.io/restartedAt"));
+}
