@@ -142,7 +142,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let mapper = Mapper::new(config.mapping.clone())?;
     let mut client_config = ClientConfig::new(config.destination.clone(), config.write_key.clone());
     client_config.request_timeout = config.segment_timeout;
-    let client = Client::new(client_config)?;
+    let started = std::time::Instant::now();
+    // The one client error a configuration can cause, checked before anything starts; the
+    // client itself is built in the background (loading TLS roots takes milliseconds).
+    if matches!(config.destination, Destination::Http(_)) && config.write_key.is_empty() {
+        return Err(AppError::Client(segment::ClientError::MissingWriteKey));
+    }
+    // Building the HTTP client (TLS roots) and opening the spool (file, recovery scan, fsync)
+    // are the slow parts of a start: run them side by side, off the async workers.
+    let client_task = tokio::task::spawn_blocking(move || Client::new(client_config));
+    let spool_task = (config.mode == DeliveryMode::Spooled).then(|| {
+        let options = SpoolOptions {
+            dir: config.spool_dir.clone(),
+            max_bytes: config.spool_max_bytes,
+            max_message_bytes: config.limits.max_message_bytes,
+            cache_bytes: SPOOL_CACHE_BYTES,
+        };
+        tokio::task::spawn_blocking(move || Spool::open(&options))
+    });
     let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind(config.listen)
         .await
@@ -154,35 +171,55 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         addr: config.listen,
         kind: e.kind(),
     })?;
+    let stop = Arc::new(Notify::new());
+    let failed = Arc::new(AtomicBool::new(false));
     let (drain_tx, drain_rx) = watch::channel(None);
     let (sink, sender_task, spool) = match config.mode {
         DeliveryMode::Spooled => {
-            let options = SpoolOptions {
-                dir: config.spool_dir.clone(),
-                max_bytes: config.spool_max_bytes,
-                max_message_bytes: config.limits.max_message_bytes,
-                cache_bytes: SPOOL_CACHE_BYTES,
+            let spool = match spool_task {
+                Some(task) => task.await.unwrap_or(Err(SpoolError::Closed))?,
+                None => return Err(AppError::Spool(SpoolError::Closed)),
             };
-            let spool = tokio::task::spawn_blocking(move || Spool::open(&options))
-                .await
-                .unwrap_or(Err(SpoolError::Closed))?;
             let depth = spool.stats().depth.load(Ordering::Acquire);
             if depth > 0 {
                 tracing::info!(depth, "resuming delivery of spooled messages");
             }
-            let task = tokio::spawn(sender::run(
-                spool.clone(),
-                client,
-                SenderConfig {
+            // Serve at once; delivery starts when the client is ready. Should it fail to
+            // build, accepted events stay on disk and the forwarder shuts down with an error.
+            let task = {
+                let spool = spool.clone();
+                let metrics = Arc::clone(&metrics);
+                let stop = Arc::clone(&stop);
+                let failed = Arc::clone(&failed);
+                let sender_config = SenderConfig {
                     limits: config.limits,
                     retry: config.retry,
-                },
-                Arc::clone(&metrics),
-                drain_rx,
-            ));
+                };
+                tokio::spawn(async move {
+                    match client_task.await {
+                        Ok(Ok(client)) => {
+                            sender::run(spool, client, sender_config, metrics, drain_rx).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "building the Segment client failed");
+                            failed.store(true, Ordering::Release);
+                            stop.notify_one();
+                            Drained::DeadlineReached
+                        }
+                        Err(_) => {
+                            failed.store(true, Ordering::Release);
+                            stop.notify_one();
+                            Drained::DeadlineReached
+                        }
+                    }
+                })
+            };
             (Sink::Spooled(spool.clone()), Some(task), Some(spool))
         }
         DeliveryMode::Synchronous => {
+            let client = client_task.await.map_err(|_| {
+                AppError::Client(segment::ClientError::Build("interrupted".into()))
+            })??;
             let sync = SyncDelivery::start(
                 client,
                 config.limits,
@@ -202,7 +239,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         accepting: AtomicBool::new(true),
     });
     metrics.set_ready(true);
-    let stop = Arc::new(Notify::new());
+    tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "ready");
     let app = router(Arc::clone(&state));
     let task = {
         let state = Arc::clone(&state);
@@ -235,6 +272,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 let depth = spool.stats().depth.load(Ordering::Acquire);
                 let _ = tokio::task::spawn_blocking(move || spool.close()).await;
                 tracing::info!(left_in_spool = depth, "stopped");
+            }
+            if failed.load(Ordering::Acquire) {
+                return Err(AppError::Client(segment::ClientError::Build(
+                    "the Segment client could not be built".into(),
+                )));
             }
             Ok(Outcome { drained })
         })
