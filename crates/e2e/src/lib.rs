@@ -205,7 +205,7 @@ pub async fn service_account_token(client: &Client, namespace: &str, name: &str)
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     eventually(
         &format!("a token Secret for ServiceAccount {namespace}/{name}"),
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let (sas, secrets) = (sas.clone(), secrets.clone());
             async move {
@@ -285,7 +285,7 @@ pub async fn wait_until_authorized(
     let leases: Option<Api<Lease>> = lease_namespace.map(|ns| Api::namespaced(client.clone(), ns));
     eventually(
         "the ServiceAccount's RBAC to take effect",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let (bridges, leases) = (bridges.clone(), leases.clone());
             async move {

@@ -54,22 +54,26 @@ fn secret(name: &str) -> Secret {
 
 async fn wait_for_crd(admin: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    eventually("the CRD to be Established", Duration::from_secs(60), || {
-        let crds = crds.clone();
-        async move {
-            let crd = crds.get_opt(CRD_NAME).await.ok()??;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        }
-    })
+    eventually(
+        "the CRD to be Established",
+        Duration::from_secs(120),
+        || {
+            let crds = crds.clone();
+            async move {
+                let crd = crds.get_opt(CRD_NAME).await.ok()??;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        },
+    )
     .await;
     // Discovery can lag the Established condition.
     let bridges: Api<DynamicObject> = Api::all_with(admin.clone(), &bridge_resource());
-    eventually("bridges to be listable", Duration::from_secs(60), || {
+    eventually("bridges to be listable", Duration::from_secs(120), || {
         let bridges = bridges.clone();
         async move { bridges.list(&ListParams::default()).await.ok().map(|_| ()) }
     })
@@ -301,7 +305,7 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
         .expect("bridges survive uninstall");
     eventually(
         "the operator Deployment to be gone",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let deploys = deploys.clone();
             async move { deploys.get_opt(RELEASE).await.ok()?.is_none().then_some(()) }

@@ -92,7 +92,7 @@ async fn namespaced_mode_confines_the_operator_to_its_namespaces() {
 
     let bridges_admin: Api<DynamicObject> =
         Api::namespaced_with(admin.clone(), &tenant_a, &bridge_resource());
-    eventually("bridges to be creatable", Duration::from_secs(60), || {
+    eventually("bridges to be creatable", Duration::from_secs(120), || {
         let api = bridges_admin.clone();
         async move {
             api.create(&PostParams::default(), &bridge("acme"))
@@ -225,7 +225,7 @@ async fn namespaced_mode_confines_the_operator_to_its_namespaces() {
         ])
         .expect_ok("helm uninstall");
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    eventually("the CRD to be deleted", Duration::from_secs(60), || {
+    eventually("the CRD to be deleted", Duration::from_secs(120), || {
         let crds = crds.clone();
         async move {
             let crd = crds.get_opt(CRD_NAME).await.ok()?;

@@ -62,7 +62,7 @@ async fn install_stand_in_monitoring_crds(admin: &Client) {
         let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
         eventually(
             &format!("{kind} to be served"),
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || {
                 let api = api.clone();
                 async move { api.list(&ListParams::default()).await.ok().map(|_| ()) }
