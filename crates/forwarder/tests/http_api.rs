@@ -338,7 +338,7 @@ async fn synchronous_mode_answers_after_segment_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&sink.url(), dir.path());
     cfg.mode = DeliveryMode::Synchronous;
-    cfg.sync_deadline = Duration::from_secs(2);
+    cfg.sync_deadline = Duration::from_secs(4);
     let running = common::start(cfg).await;
     let addr = running.addr();
     let http = client();
@@ -363,7 +363,11 @@ async fn synchronous_mode_answers_after_segment_accepted() {
     );
     assert_eq!(sink.unique_messages().len(), 4);
 
-    // Concurrent requests share batches.
+    // Concurrent requests share batches: while the first batches are slow to answer, the
+    // requests arriving meanwhile pile up and leave together.
+    for _ in 0..forwarder::synchronous::MAX_IN_FLIGHT {
+        sink.push_fault(Fault::Delay(Duration::from_millis(800)));
+    }
     let before = sink.stats().accepted_requests;
     let mut tasks = Vec::new();
     for i in 100..140 {
