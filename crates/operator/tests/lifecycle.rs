@@ -114,11 +114,14 @@ async fn events_change_updates_once_and_drift_is_repaired() {
         (hooks.len() == 1 && hooks[0].events == vec!["payment.succeeded".to_string()]).then_some(())
     })
     .await;
-    let b = h.wait_condition("acme", "Ready", "True", None).await;
-    assert_eq!(
-        b.status.as_ref().unwrap().webhook.as_ref().unwrap().events,
-        vec!["payment.succeeded".to_string()]
-    );
+    // The status follows once the pass completes.
+    eventually("the status to record the new events", DEADLINE, || async {
+        let b = h.get("acme").await?;
+        let ready = b.condition("Ready")?.status == "True";
+        let events = b.status?.webhook?.events;
+        (ready && events == vec!["payment.succeeded".to_string()]).then_some(())
+    })
+    .await;
     h.wait_event("acme", "WebhookUpdated").await;
     assert_eq!(h.seshn.call_count(Op::Update), 1);
     assert_eq!(h.seshn.call_count(Op::Create), 1);
