@@ -107,8 +107,12 @@ impl Drop for Proc {
 
 /// Posts events with fresh ids from `next` on 4 connections until stopped or the server dies;
 /// returns the ids answered 200.
-async fn load(addr: SocketAddr, start: usize, stop: Arc<tokio::sync::Notify>) -> Vec<usize> {
-    let acked = Arc::new(Mutex::new(Vec::new()));
+async fn load(
+    addr: SocketAddr,
+    start: usize,
+    stop: Arc<tokio::sync::Notify>,
+    acked: Arc<Mutex<Vec<usize>>>,
+) -> Vec<usize> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(start));
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -193,8 +197,17 @@ async fn load_for(
     kill: impl FnOnce(),
 ) -> Vec<usize> {
     let stop = Arc::new(tokio::sync::Notify::new());
-    let handle = tokio::spawn(load(addr, start, Arc::clone(&stop)));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let handle = tokio::spawn(load(addr, start, Arc::clone(&stop), Arc::clone(&acked)));
     tokio::time::sleep(duration).await;
+    // On a very slow machine, keep the load going until some events were acknowledged
+    // (bounded), so the kill always hits a spool with acknowledged events in it.
+    for _ in 0..300 {
+        if acked.lock().unwrap().len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Kill while the load is still running: some requests are mid-flight.
     kill();
     stop.notify_waiters();
