@@ -504,3 +504,61 @@ impl SeshnSegmentBridge {
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn a_minimal_spec_gets_the_documented_defaults() {
+        let spec: SeshnSegmentBridgeSpec = serde_json::from_value(serde_json::json!({
+            "seshn": {"apiKeySecretRef": {"name": "s", "key": "k"}},
+            "segment": {"writeKeySecretRef": {"name": "w", "key": "k"}},
+            "exposure": {"publicUrl": "https://h.example"}
+        }))
+        .unwrap();
+        assert!(!spec.suspend);
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
+        assert_eq!(spec.segment.endpoint, DEFAULT_SEGMENT_ENDPOINT);
+        assert_eq!(spec.mapping.profile, MappingProfile::Seed);
+        assert!(spec.mapping.identify);
+        assert_eq!(spec.delivery.mode, DeliveryMode::Spooled);
+        assert_eq!(spec.delivery.spool.storage, SpoolStorage::EmptyDir);
+        assert_eq!(spec.forwarder.replicas, 1);
+        assert!(spec.seshn.events.is_empty());
+        assert_eq!(spec.seshn.api_url, None);
+    }
+
+    #[test]
+    fn the_schema_carries_what_a_1_20_apiserver_enforces() {
+        let crd = SeshnSegmentBridge::crd();
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ssb".to_string()]));
+        let version = &crd.spec.versions[0];
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Ready", "Reason", "Webhook", "URL", "Age"]);
+        let schema = serde_json::to_value(&version.schema).unwrap();
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["exposure"]["oneOf"],
+            serde_json::json!([{"required": ["publicUrl"]}, {"required": ["ingress"]}])
+        );
+        assert_eq!(
+            spec["properties"]["deletionPolicy"]["enum"],
+            serde_json::json!(["Delete", "Orphan"])
+        );
+        let status = &schema["openAPIV3Schema"]["properties"]["status"];
+        assert_eq!(
+            status["properties"]["conditions"]["x-kubernetes-list-type"],
+            "map"
+        );
+        // No CEL: a 1.20 apiserver would silently drop it.
+        assert!(!schema.to_string().contains("x-kubernetes-validations"));
+    }
+}
