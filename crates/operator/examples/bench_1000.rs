@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bridge_api::SeshnSegmentBridge;
 use fakes::seshn_api::{FakeSeshn, Op};
 use futures::{StreamExt, TryStreamExt};
@@ -142,9 +141,11 @@ async fn control_plane() -> (ControlPlane, kube::Client) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, &ca).unwrap();
     let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u, namespace: default}}\ncurrent-context: b\n",
-        base64::engine::general_purpose::STANDARD.encode(&ca)
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u, namespace: default}}\ncurrent-context: b\n",
+        ca_path.display()
     );
     let kubeconfig_path = dir.join("kubeconfig");
     std::fs::write(&kubeconfig_path, &kubeconfig).unwrap();
