@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::spool::{DeadReason, Spool, Spooled};
+use crate::spool::{DeadReason, Pos, Spool, Spooled};
 
 /// How long the sender sleeps when idle before looking at the spool again (a safety net: it is
 /// normally woken by the spool after each commit).
@@ -58,14 +58,12 @@ pub enum Drained {
 struct Meta {
     key: u64,
     received_micros: u64,
-    cost: u64,
+    last_in_entry: bool,
+    entry_messages: u64,
+    entry_cost: u64,
 }
 
 impl Meta {
-    fn cost(&self) -> u64 {
-        self.cost
-    }
-
     fn age(&self, now: SystemTime) -> Duration {
         let now = now
             .duration_since(std::time::UNIX_EPOCH)
@@ -85,9 +83,11 @@ struct Pending {
 impl From<Spooled> for Pending {
     fn from(item: Spooled) -> Self {
         let meta = Meta {
-            key: item.key,
+            key: item.pos.key,
             received_micros: item.received_micros,
-            cost: item.cost(),
+            last_in_entry: item.last_in_entry,
+            entry_messages: item.entry_messages,
+            entry_cost: item.entry_cost,
         };
         Self {
             meta,
@@ -106,7 +106,7 @@ pub async fn run(
 ) -> Drained {
     let notify = spool.notifier();
     let mut buffer: VecDeque<Pending> = VecDeque::new();
-    let mut cursor: Option<u64> = None;
+    let mut cursor: Option<Pos> = None;
     let mut builder = client.batch_builder(config.limits);
     loop {
         let deadline = *drain.borrow_and_update();
@@ -124,7 +124,7 @@ pub async fn run(
             match read_more(&spool, cursor, config.limits).await {
                 Ok(items) => {
                     if let Some(last) = items.last() {
-                        cursor = Some(last.key);
+                        cursor = Some(last.pos);
                     }
                     buffer.extend(items.into_iter().map(Pending::from));
                 }
@@ -138,7 +138,7 @@ pub async fn run(
                 tokio::time::sleep(LINGER).await;
                 if let Ok(items) = read_more(&spool, cursor, config.limits).await {
                     if let Some(last) = items.last() {
-                        cursor = Some(last.key);
+                        cursor = Some(last.pos);
                     }
                     buffer.extend(items.into_iter().map(Pending::from));
                 }
@@ -156,17 +156,26 @@ pub async fn run(
             }
         }
 
-        // Fill one batch from the buffer.
+        // Fill one batch from the buffer. `processed` lists, in spool order, every message that
+        // leaves the buffer this round (sent or dead-lettered): it tells which entries are done.
         let mut taken: Vec<Meta> = Vec::new();
-        let mut dead: Vec<Meta> = Vec::new();
+        let mut processed: Vec<Meta> = Vec::new();
+        let mut dead: Vec<Vec<u8>> = Vec::new();
         while let Some(Pending { meta, raw }) = buffer.pop_front() {
             let Some(raw) = raw else {
-                dead.push(meta);
+                dead.push(Vec::new());
+                processed.push(meta);
                 continue;
             };
             match builder.try_push(raw) {
-                Ok(()) => taken.push(meta),
-                Err(PushError::Oversize(_)) => dead.push(meta),
+                Ok(()) => {
+                    taken.push(meta);
+                    processed.push(meta);
+                }
+                Err(PushError::Oversize(raw)) => {
+                    dead.push(raw.get().as_bytes().to_vec());
+                    processed.push(meta);
+                }
                 Err(PushError::Full(raw)) => {
                     buffer.push_front(Pending {
                         meta,
@@ -177,17 +186,16 @@ pub async fn run(
             }
         }
         if !dead.is_empty() {
-            let cost = dead.iter().map(Meta::cost).sum();
-            let keys: Vec<u64> = dead.iter().map(|d| d.key).collect();
-            metrics.dead_letters(DeadReason::Oversize.as_str(), keys.len() as u64);
+            metrics.dead_letters(DeadReason::Oversize.as_str(), dead.len() as u64);
             tracing::warn!(
-                count = keys.len(),
+                count = dead.len(),
                 "dead-lettered messages that can never be sent"
             );
-            spool.dead_letter(keys, DeadReason::Oversize, cost);
+            spool.dead_letter(dead, DeadReason::Oversize);
         }
         let batch = builder.take();
         if batch.is_empty() {
+            finish(&spool, &processed);
             continue;
         }
         match deliver(&client, &batch, &config.retry, &mut drain).await {
@@ -196,7 +204,7 @@ pub async fn run(
                 metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
                 let now = SystemTime::now();
                 metrics.delivered(taken.iter().map(|t| t.age(now)));
-                remove(&spool, &taken);
+                finish(&spool, &processed);
             }
             Err(DeliveryError::Rejected {
                 status, attempts, ..
@@ -209,12 +217,11 @@ pub async fn run(
                     messages = taken.len(),
                     "Segment rejected a batch; its messages are dead-lettered"
                 );
-                let cost = taken.iter().map(Meta::cost).sum();
                 spool.dead_letter(
-                    taken.iter().map(|t| t.key).collect(),
+                    batch.iter().map(|m| m.get().as_bytes().to_vec()).collect(),
                     DeadReason::Rejected,
-                    cost,
                 );
+                finish(&spool, &processed);
             }
             Err(DeliveryError::DeadlineExceeded { attempts, .. }) => {
                 metrics.batch("abandoned");
@@ -255,24 +262,26 @@ async fn deliver(
     }
 }
 
-/// Removes a delivered batch, in contiguous key ranges (dead letters may sit in between).
-fn remove(spool: &Spool, taken: &[Meta]) {
-    let mut start = 0;
-    while start < taken.len() {
-        let mut end = start;
-        while end + 1 < taken.len() && taken[end + 1].key == taken[end].key + 1 {
-            end += 1;
-        }
-        let run = &taken[start..=end];
-        let cost = run.iter().map(Meta::cost).sum();
-        spool.remove(run[0].key..=run[run.len() - 1].key, cost, run.len() as u64);
-        start = end + 1;
+/// Removes the entries whose last message was just processed. Messages leave the buffer in
+/// spool order and a round only counts once it succeeded, so every earlier message of such an
+/// entry (and every earlier entry) is already done.
+fn finish(spool: &Spool, processed: &[Meta]) {
+    let mut upto = None;
+    let mut cost = 0;
+    let mut count = 0;
+    for meta in processed.iter().filter(|m| m.last_in_entry) {
+        upto = Some(meta.key);
+        cost += meta.entry_cost;
+        count += meta.entry_messages;
+    }
+    if let Some(upto) = upto {
+        spool.remove(upto, cost, count);
     }
 }
 
 async fn read_more(
     spool: &Spool,
-    cursor: Option<u64>,
+    cursor: Option<Pos>,
     limits: Limits,
 ) -> Result<Vec<Spooled>, crate::spool::SpoolError> {
     let spool = spool.clone();
