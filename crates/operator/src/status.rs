@@ -143,8 +143,29 @@ pub fn complete(
     with_conditions(working, base, forwarder, webhook_cond)
 }
 
+/// Takes each condition's `lastTransitionTime` from `current` when its status there is the
+/// same: transitions are relative to what the API server holds, not to a possibly stale copy.
+pub fn keep_transition_times(
+    status: &mut SeshnSegmentBridgeStatus,
+    current: &SeshnSegmentBridgeStatus,
+) {
+    for c in &mut status.conditions {
+        if let Some(old) = current
+            .conditions
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
 /// Writes `status` with server-side apply unless it equals the current one. Returns whether a
 /// write happened.
+///
+/// `bridge` may be a stale copy (the watch cache lags behind our own writes): before writing,
+/// the status is compared with a fresh read, so a pass that started from an old copy neither
+/// writes an identical status nor moves transition times.
 pub async fn write(
     api: &Api<SeshnSegmentBridge>,
     bridge: &SeshnSegmentBridge,
@@ -152,6 +173,14 @@ pub async fn write(
 ) -> Result<bool, kube::Error> {
     if bridge.status.as_ref() == Some(status) {
         return Ok(false);
+    }
+    let mut status = status.clone();
+    if let Some(fresh) = api.get_opt(&bridge.name_any()).await? {
+        let current = fresh.status.unwrap_or_default();
+        keep_transition_times(&mut status, &current);
+        if current == status {
+            return Ok(false);
+        }
     }
     let patch = json!({
         "apiVersion": format!("{}/{}", bridge_api::GROUP, bridge_api::VERSION),
@@ -171,6 +200,25 @@ pub async fn write(
 mod tests {
     use super::*;
     use crate::fixtures::bridge;
+
+    #[test]
+    fn transition_times_follow_the_server_copy() {
+        let b = bridge();
+        let fwd = Cond::ok("Available", "up");
+        let wh = Cond::ok("Synced", "ok");
+        let mut mine = with_conditions(&b, SeshnSegmentBridgeStatus::default(), &fwd, &wh);
+        let mut server = mine.clone();
+        let past = Time(Timestamp::from_second(1_000_000).unwrap());
+        for c in &mut server.conditions {
+            c.last_transition_time = past.clone();
+        }
+        // The server's WebhookSynced is False: that one keeps our (new) time.
+        server.conditions[2].status = "False".into();
+        keep_transition_times(&mut mine, &server);
+        assert_eq!(mine.conditions[0].last_transition_time, past);
+        assert_eq!(mine.conditions[1].last_transition_time, past);
+        assert_ne!(mine.conditions[2].last_transition_time, past);
+    }
 
     #[test]
     fn ready_summarises() {
