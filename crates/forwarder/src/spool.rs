@@ -487,32 +487,41 @@ fn entry_totals(entry: &[u8]) -> (u64, u64) {
 
 /// Creates the tables, computes the gauges from what is on disk, returns the next key.
 fn recover(db: &Database, stats: &SpoolStats) -> Result<u64, SpoolError> {
-    let txn = db.begin_write().map_err(storage)?;
+    // Read-only: a new file has no tables yet (the first commit creates them), and a start
+    // should not pay for an extra fsync.
+    let txn = db.begin_read().map_err(storage)?;
     let mut next = 0;
-    {
-        let spool = txn.open_table(SPOOL).map_err(storage)?;
-        let dead = txn.open_table(DEAD).map_err(storage)?;
-        let mut bytes = 0;
-        let mut depth = 0;
-        for item in spool.iter().map_err(storage)? {
-            let (_, value) = item.map_err(storage)?;
-            let (count, cost) = entry_totals(value.value());
-            bytes += cost;
-            depth += count;
+    match txn.open_table(SPOOL) {
+        Ok(spool) => {
+            let mut bytes = 0;
+            let mut depth = 0;
+            for item in spool.iter().map_err(storage)? {
+                let (_, value) = item.map_err(storage)?;
+                let (count, cost) = entry_totals(value.value());
+                bytes += cost;
+                depth += count;
+            }
+            stats.bytes.store(bytes, Ordering::Release);
+            stats.depth.store(depth, Ordering::Release);
+            if let Some((key, _)) = spool.last().map_err(storage)? {
+                next = key.value() + 1;
+            }
         }
-        stats.bytes.store(bytes, Ordering::Release);
-        stats.depth.store(depth, Ordering::Release);
-        stats
-            .dead_letters
-            .store(dead.len().map_err(storage)?, Ordering::Release);
-        if let Some((key, _)) = spool.last().map_err(storage)? {
-            next = key.value() + 1;
-        }
-        if let Some((key, _)) = dead.last().map_err(storage)? {
-            next = next.max(key.value() + 1);
-        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage(e)),
     }
-    txn.commit().map_err(storage)?;
+    match txn.open_table(DEAD) {
+        Ok(dead) => {
+            stats
+                .dead_letters
+                .store(dead.len().map_err(storage)?, Ordering::Release);
+            if let Some((key, _)) = dead.last().map_err(storage)? {
+                next = next.max(key.value() + 1);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage(e)),
+    }
     Ok(next)
 }
 
