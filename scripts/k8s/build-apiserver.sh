@@ -2,9 +2,9 @@
 # Builds the real kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's
 # `kubernetes` source package with Debian's Go, because no package registry ships an apiserver
 # binary. The result is cached outside the repository and rebuilt only when missing.
-#   output: $K8S_BIN (default /var/cache/seshn-segment/k8s-v1.20.2)/{kube-apiserver,kube-controller-manager}
+#   output: $SESHN_K8S_BIN (default /var/cache/seshn-segment/k8s-v1.20.2)/{kube-apiserver,kube-controller-manager}
 set -euo pipefail
-K8S_BIN=${K8S_BIN:-/var/cache/seshn-segment/k8s-v1.20.2}
+K8S_BIN=${SESHN_K8S_BIN:-/var/cache/seshn-segment/k8s-v1.20.2}
 PKG_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 log() { echo "[build-apiserver] $*" >&2; }
 die() { echo "[build-apiserver] ERROR: $*" >&2; exit 1; }

