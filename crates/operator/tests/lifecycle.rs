@@ -24,7 +24,11 @@ async fn create_registers_once_and_becomes_ready() {
     assert_eq!(owner.uid, uid);
     assert_eq!(owner.controller, Some(true));
     let services: Api<Service> = Api::namespaced(h.client.clone(), &h.ns);
-    let svc = services.get("acme-forwarder").await.unwrap();
+    // Applied right after the Deployment, so possibly a moment later.
+    let svc = eventually("the forwarder Service", DEADLINE, || async {
+        services.get_opt("acme-forwarder").await.unwrap()
+    })
+    .await;
     assert_eq!(svc.owner_references()[0].uid, uid);
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
     let signing = secrets.get("acme-webhook-signing").await.unwrap();
