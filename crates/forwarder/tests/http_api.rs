@@ -401,6 +401,17 @@ async fn synchronous_mode_answers_after_segment_accepted() {
     assert_eq!(resp.status().as_u16(), 503);
     sink.set_outage(false);
 
+    // An event over Segment's 32 KB message limit can never be accepted: 422, nothing sent.
+    let huge = format!(r#"{{"id":"{}"}}"#, "x".repeat(40 * 1024));
+    let sent_before = sink.stats().requests;
+    assert_eq!(
+        common::post_signed(&http, addr, "booking.created", &huge)
+            .await
+            .unwrap(),
+        422
+    );
+    assert_eq!(sink.stats().requests, sent_before);
+
     // Segment refusing the batch (400) is not retried: 422.
     sink.push_fault(Fault::Status(400));
     assert_eq!(
