@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use segment::{Destination, Limits, RetryPolicy};
 
 use crate::app::{Config, DeliveryMode};
-use crate::mapping::{ExtraProperty, MappingConfig, Profile};
+use crate::mapping::{MappingConfig, Profile, parse_extra_properties};
 
 /// Default Segment endpoint when a write key is configured.
 pub const DEFAULT_ENDPOINT: &str = "https://api.segment.io";
@@ -108,9 +108,10 @@ pub struct RunArgs {
     /// Send an identify call for payloads with a contact.
     #[arg(long, env = "MAPPING_IDENTIFY", default_value_t = true, action = clap::ArgAction::Set)]
     pub mapping_identify: bool,
-    /// Extra track properties copied by JSON pointer: `name=/pointer,...`.
-    #[arg(long, env = "MAPPING_EXTRA_PROPERTIES", value_delimiter = ',')]
-    pub mapping_extra_properties: Vec<String>,
+    /// Extra track properties copied by JSON pointer: `name=/pointer,...`, or a JSON list
+    /// `[{"name": ..., "pointer": ...}]` (what the operator sets).
+    #[arg(long, env = "MAPPING_EXTRA_PROPERTIES")]
+    pub mapping_extra_properties: Option<String>,
 
     /// Largest accepted webhook body, e.g. 1MiB.
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
@@ -202,12 +203,10 @@ impl RunArgs {
             None if write_key.is_empty() => (Destination::Stdout, true),
             None => (DEFAULT_ENDPOINT.parse::<Destination>()?, false),
         };
-        let extra_properties = self
-            .mapping_extra_properties
-            .iter()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| s.parse::<ExtraProperty>())
-            .collect::<Result<Vec<_>, _>>()?;
+        let extra_properties = match &self.mapping_extra_properties {
+            Some(list) => parse_extra_properties(list)?,
+            None => Vec::new(),
+        };
         let max_body_bytes =
             usize::try_from(self.max_body_bytes).map_err(|_| ConfigError::BodyLimit)?;
         let config = Config {
@@ -344,6 +343,37 @@ mod tests {
         assert_eq!(resolved.config.mode, DeliveryMode::Synchronous);
         assert_eq!(resolved.config.mapping.profile, Profile::Spec);
         assert_eq!(resolved.config.mapping.extra_properties.len(), 2);
+
+        // The operator's form: a JSON list, which also carries pointers with commas.
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "--webhook-secret",
+            "s",
+            "--mapping-extra-properties",
+            r#"[{"name":"room","pointer":"/room,a"},{"name":"end","pointer":"/slot/endTime"}]"#,
+        ])
+        .unwrap();
+        let props = cli
+            .run
+            .into_config()
+            .unwrap()
+            .config
+            .mapping
+            .extra_properties;
+        assert_eq!(props.len(), 2);
+        assert_eq!(props[0].pointer, "/room,a");
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "--webhook-secret",
+            "s",
+            "--mapping-extra-properties",
+            r#"[{"name":"room"}]"#,
+        ])
+        .unwrap();
+        assert!(
+            cli.run.into_config().is_err(),
+            "a JSON entry without a pointer is refused"
+        );
 
         let cli = Cli::try_parse_from(["seshn-segment-forwarder"]).unwrap();
         assert!(matches!(

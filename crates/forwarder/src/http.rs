@@ -14,7 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -68,7 +68,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(prefixed_webhook)
         .with_state(state)
+}
+
+/// Seshn calls `<publicUrl>/hooks/<uid>`, and a public URL may carry a path prefix that the
+/// Ingress or gateway in front does not strip (`https://hooks.example.com/acme/hooks/<uid>`), so
+/// any path that ends in `/hooks/<token>` is the per-bridge webhook path too.
+async fn prefixed_webhook(
+    state: State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !is_hook_path(uri.path()) {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    webhook(state, headers, body).await
+}
+
+/// `…/hooks/<token>` with a non-empty last segment.
+fn is_hook_path(path: &str) -> bool {
+    let mut segments = path.rsplit('/');
+    matches!((segments.next(), segments.next()), (Some(token), Some("hooks")) if !token.is_empty())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {

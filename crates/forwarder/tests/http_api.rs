@@ -140,6 +140,34 @@ async fn bad_input_matrix_and_signature_forms() {
     )
     .await;
     assert_eq!(resp.status().as_u16(), 200);
+    // ... also behind a public URL whose path prefix the gateway does not strip.
+    let prefixed = format!("http://{addr}/acme-eu/hooks/0b9e7c1a-uid");
+    let resp = post(
+        &http,
+        &prefixed,
+        &[ev, ("x-webhook-signature", &good_sig)],
+        good.clone().into(),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = post(&http, &prefixed, &[ev], good.clone().into()).await;
+    assert_eq!(
+        resp.status().as_u16(),
+        401,
+        "prefixed paths are verified too"
+    );
+    assert_eq!(
+        http.get(&prefixed).send().await.unwrap().status().as_u16(),
+        405
+    );
+    let status = http
+        .post(format!("http://{addr}/acme-eu/hooks/"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 404);
 
     // Wrong methods and paths.
     let status = http.get(&url).send().await.unwrap().status().as_u16();
@@ -187,14 +215,14 @@ async fn bad_input_matrix_and_signature_forms() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
-    // Four accepted requests (same body: same message ids) → 2 unique messages; nothing unsigned.
+    // Five accepted requests (same body: same message ids) → 2 unique messages; nothing unsigned.
     assert!(
         sink.wait_for_unique_messages(2, Duration::from_secs(30))
             .await
     );
     assert!(
         eventually(Duration::from_secs(30), || async {
-            sink.stats().accepted_messages >= 8
+            sink.stats().accepted_messages >= 10
         })
         .await
     );
@@ -209,16 +237,16 @@ async fn bad_input_matrix_and_signature_forms() {
     assert_eq!(
         m(r#"seshn_forwarder_webhooks_received_total{event="booking.created",outcome="accepted"}"#)
             .await,
-        Some(4.0)
+        Some(5.0)
     );
     assert_eq!(
         m(r#"seshn_forwarder_webhooks_received_total{event="unverified",outcome="unauthorized"}"#)
             .await,
-        Some(4.0)
+        Some(5.0)
     );
     assert_eq!(
         m(r#"seshn_forwarder_signature_failures_total{reason="missing"}"#).await,
-        Some(1.0)
+        Some(2.0)
     );
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -69,12 +69,33 @@ impl FromStr for Profile {
 }
 
 /// A property copied from the payload by JSON pointer (the bridge's `mapping.extraProperties`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ExtraProperty {
     /// Property name in the track call.
     pub name: String,
     /// RFC 6901 pointer into the payload, e.g. `/slot/endTime`.
     pub pointer: String,
+}
+
+/// Parses a list of extra properties: either `name=/pointer,...`, or the JSON list the operator
+/// writes (`[{"name": "...", "pointer": "..."}]`), which also carries pointers with commas.
+pub fn parse_extra_properties(s: &str) -> Result<Vec<ExtraProperty>, ConfigError> {
+    let s = s.trim();
+    let list: Vec<ExtraProperty> = if s.starts_with('[') {
+        serde_json::from_str(s).map_err(|_| ConfigError::ExtraProperty)?
+    } else {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?
+    };
+    if list
+        .iter()
+        .any(|p| p.name.is_empty() || !(p.pointer.is_empty() || p.pointer.starts_with('/')))
+    {
+        return Err(ConfigError::ExtraProperty);
+    }
+    Ok(list)
 }
 
 impl FromStr for ExtraProperty {
