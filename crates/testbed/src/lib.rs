@@ -266,7 +266,7 @@ impl Testbed {
                 .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
                 .args(["--token-auth-file=tokens.csv", "--authorization-mode=RBAC"])
                 .args([
-                    "--service-cluster-ip-range=10.96.0.0/24",
+                    "--service-cluster-ip-range=10.96.0.0/16",
                     "--allow-privileged=true",
                 ])
                 .current_dir(&dir),
