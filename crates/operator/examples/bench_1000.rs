@@ -10,13 +10,11 @@
 //! No kubelet runs, so the benchmark plays the Deployment controller: it marks every forwarder
 //! Deployment available as soon as it appears.
 //!
-//! It starts its own etcd + kube-apiserver v1.20.2 (the test bed's binaries, `SESHN_K8S_BIN`)
-//! rather than the shared test bed, because 1,000 bridges need 1,000 Service IPs and the test
-//! bed's service range is a /24.
+//! The control plane is the test bed's (`crates/testbed`: etcd, kube-apiserver v1.20.2 and
+//! kube-controller-manager, whose /16 service range holds the 1,000 forwarder Services).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -33,144 +31,6 @@ use kube::{Api, CustomResourceExt, ResourceExt};
 use serde_json::json;
 
 const API_KEY: &str = "sk_test_bench";
-
-/// A private control plane (etcd + kube-apiserver), killed on drop.
-struct ControlPlane {
-    dir: PathBuf,
-    procs: Vec<std::process::Child>,
-    kubeconfig: PathBuf,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(dir: &Path, name: &str, cmd: &mut std::process::Command) -> std::process::Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    cmd.current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-async fn control_plane() -> (ControlPlane, kube::Client) {
-    let bin = PathBuf::from(
-        std::env::var("SESHN_K8S_BIN").unwrap_or_else(|_| testbed::DEFAULT_K8S_BIN.to_owned()),
-    );
-    let dir = std::env::temp_dir().join(format!("seshn-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("certs")).unwrap();
-    let token = format!("{:032x}", rand::random::<u128>());
-    std::fs::write(
-        dir.join("tokens.csv"),
-        format!("{token},admin,admin,system:masters\n"),
-    )
-    .unwrap();
-    for args in [
-        &["genrsa", "-out", "sa.key", "2048"][..],
-        &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"][..],
-    ] {
-        let ok = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(ok.status.success());
-    }
-    let (etcd_port, peer_port, api_port) = (port(), port(), port());
-    let client_url = format!("http://127.0.0.1:{etcd_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let mut procs = vec![spawn(
-        &dir,
-        "etcd",
-        std::process::Command::new("etcd")
-            .arg("--name=bench")
-            .arg(format!("--data-dir={}", dir.join("etcd").display()))
-            .arg("--unsafe-no-fsync")
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=bench={peer_url}")),
-    )];
-    procs.push(spawn(
-        &dir,
-        "kube-apiserver",
-        std::process::Command::new(bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers={client_url}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .arg(format!("--secure-port={api_port}"))
-            .args(["--insecure-port=0", "--endpoint-reconciler-type=none"])
-            .arg(format!("--cert-dir={}", dir.join("certs").display()))
-            .args([
-                "--service-account-key-file=sa.pub",
-                "--service-account-signing-key-file=sa.key",
-            ])
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .args(["--token-auth-file=tokens.csv", "--authorization-mode=RBAC"])
-            .arg("--service-cluster-ip-range=10.96.0.0/16"),
-    ));
-    // The serving chain (leaf, then CA) appears in --cert-dir at start.
-    let crt = dir.join("certs").join("apiserver.crt");
-    let ca = loop {
-        if let Ok(chain) = std::fs::read_to_string(&crt) {
-            let blocks: Vec<&str> = chain
-                .split_inclusive("-----END CERTIFICATE-----")
-                .map(str::trim)
-                .filter(|b| b.starts_with("-----BEGIN CERTIFICATE-----"))
-                .collect();
-            if let Some(ca) = blocks.get(1) {
-                break format!("{ca}\n");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-
-    let ca_path = dir.join("ca.crt");
-    std::fs::write(&ca_path, &ca).unwrap();
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u, namespace: default}}\ncurrent-context: b\n",
-        ca_path.display()
-    );
-    let kubeconfig_path = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, &kubeconfig).unwrap();
-    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).unwrap();
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
-    for _ in 0..600 {
-        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        if ns.list(&ListParams::default().limit(1)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    (
-        ControlPlane {
-            dir,
-            procs,
-            kubeconfig: kubeconfig_path,
-        },
-        client,
-    )
-}
 
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -220,7 +80,8 @@ async fn main() {
         .unwrap_or(1000);
     let resync = std::env::var("BENCH_RESYNC").unwrap_or_else(|_| "60s".into());
     let rate = std::env::var("BENCH_SESHN_RATE").unwrap_or_else(|_| "20".into());
-    let (cp, client) = control_plane().await;
+    let tb = testbed::testbed();
+    let client = tb.client().await;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = SeshnSegmentBridge::crd();
@@ -278,7 +139,7 @@ async fn main() {
     let metrics_addr = format!("127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(&bin)
         .arg("run")
-        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("KUBECONFIG", tb.kubeconfig_path())
         .env(
             "FORWARDER_IMAGE",
             "ghcr.io/seshn-segment/seshn-segment:bench",
@@ -428,5 +289,4 @@ async fn main() {
     );
     marker.abort();
     let _ = child.kill().await;
-    drop(cp);
 }
