@@ -268,6 +268,22 @@ pub fn bridge_resource() -> kube::api::ApiResource {
     )
 }
 
+/// A minimal Deployment named `name`, standing in for a forwarder the operator would create
+/// (the RBAC tests only need something to create, patch and delete).
+pub fn stand_in_deployment(name: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "forwarder", "image": "example/forwarder:1"}]}
+            }
+        }
+    }))
+    .unwrap_or_default()
+}
+
 /// Waits until `client` may list bridges in `namespace` (all namespaces for `None`) and, when
 /// `lease_namespace` is given, read Leases there. The apiserver's RBAC view follows new
 /// (Cluster)RoleBindings through a watch, so it can lag `helm install` by a moment; a test must

@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use e2e::{Helm, chart_dir, eventually, is_forbidden, service_account_token};
+use e2e::{
+    Helm, bridge_resource, chart_dir, eventually, is_forbidden, service_account_token,
+    stand_in_deployment,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
@@ -23,13 +26,6 @@ use serde_json::json;
 
 const RELEASE: &str = "seshn-segment";
 const CRD_NAME: &str = "seshnsegmentbridges.integrations.seshn.net";
-
-fn bridge_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("integrations.seshn.net", "v1alpha1", "SeshnSegmentBridge"),
-        "seshnsegmentbridges",
-    )
-}
 
 /// A valid bridge (all required fields) named `name`.
 fn bridge(name: &str) -> DynamicObject {
@@ -186,7 +182,7 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
     deployments
         .create(
             &PostParams::default(),
-            &forwarder_deployment("acme-forwarder"),
+            &stand_in_deployment("acme-forwarder"),
         )
         .await
         .expect("operator creates the forwarder Deployment");
@@ -392,18 +388,4 @@ fn assert_survives(sent: &serde_json::Value, got: &serde_json::Value, path: &str
         }
         leaf => assert_eq!(leaf, got, "{path} was dropped or changed by the apiserver"),
     }
-}
-
-fn forwarder_deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "forwarder", "image": "example/forwarder:1"}]}
-            }
-        }
-    }))
-    .unwrap()
 }

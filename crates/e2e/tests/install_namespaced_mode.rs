@@ -7,25 +7,19 @@
 
 use std::time::Duration;
 
-use e2e::{Helm, chart_dir, eventually, is_forbidden, service_account_token};
+use e2e::{
+    Helm, bridge_resource, chart_dir, eventually, is_forbidden, service_account_token,
+    stand_in_deployment,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const RELEASE: &str = "ssb";
 const CRD_NAME: &str = "seshnsegmentbridges.integrations.seshn.net";
-
-fn bridge_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("integrations.seshn.net", "v1alpha1", "SeshnSegmentBridge"),
-        "seshnsegmentbridges",
-    )
-}
 
 fn bridge(name: &str) -> DynamicObject {
     let mut obj = DynamicObject::new(name, &bridge_resource());
@@ -41,20 +35,6 @@ fn bridge(name: &str) -> DynamicObject {
 
 fn secret(name: &str) -> Secret {
     serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"k": "v"}})).unwrap()
-}
-
-fn deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c", "image": "example/forwarder:1"}]}
-            }
-        }
-    }))
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +121,7 @@ async fn namespaced_mode_confines_the_operator_to_its_namespaces() {
         .unwrap();
     let deploys_b: Api<Deployment> = Api::namespaced(op.clone(), &tenant_b);
     deploys_b
-        .create(&PostParams::default(), &deployment("fwd"))
+        .create(&PostParams::default(), &stand_in_deployment("fwd"))
         .await
         .expect("Deployment in a watched namespace");
 
@@ -166,7 +146,7 @@ async fn namespaced_mode_confines_the_operator_to_its_namespaces() {
     assert!(is_forbidden(&err), "bridges outside: {err}");
     let deploys_out: Api<Deployment> = Api::namespaced(op.clone(), &outside);
     let err = deploys_out
-        .create(&PostParams::default(), &deployment("fwd"))
+        .create(&PostParams::default(), &stand_in_deployment("fwd"))
         .await
         .unwrap_err();
     assert!(is_forbidden(&err), "Deployment outside: {err}");
