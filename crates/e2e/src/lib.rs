@@ -268,6 +268,22 @@ pub fn bridge_resource() -> kube::api::ApiResource {
     )
 }
 
+/// The bridge CRD's name.
+pub const CRD_NAME: &str = "seshnsegmentbridges.integrations.seshn.net";
+
+/// A valid bridge (all required fields) named `name`, untyped.
+pub fn bridge(name: &str) -> kube::api::DynamicObject {
+    let mut obj = kube::api::DynamicObject::new(name, &bridge_resource());
+    obj.data = serde_json::json!({
+        "spec": {
+            "seshn": {"apiKeySecretRef": {"name": "acme-seshn", "key": "apiKey"}},
+            "segment": {"writeKeySecretRef": {"name": "acme-segment", "key": "writeKey"}},
+            "exposure": {"publicUrl": "https://hooks.example.com/acme"}
+        }
+    });
+    obj
+}
+
 /// A minimal Deployment named `name`, standing in for a forwarder the operator would create
 /// (the RBAC tests only need something to create, patch and delete).
 pub fn stand_in_deployment(name: &str) -> k8s_openapi::api::apps::v1::Deployment {

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use e2e::{
-    Helm, bridge_resource, chart_dir, eventually, is_forbidden, service_account_token,
-    stand_in_deployment,
+    CRD_NAME, Helm, bridge, bridge_resource, chart_dir, eventually, is_forbidden,
+    service_account_token, stand_in_deployment,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -25,20 +25,6 @@ use kube::api::{
 use serde_json::json;
 
 const RELEASE: &str = "seshn-segment";
-const CRD_NAME: &str = "seshnsegmentbridges.integrations.seshn.net";
-
-/// A valid bridge (all required fields) named `name`.
-fn bridge(name: &str) -> DynamicObject {
-    let mut obj = DynamicObject::new(name, &bridge_resource());
-    obj.data = json!({
-        "spec": {
-            "seshn": {"apiKeySecretRef": {"name": "acme-seshn", "key": "apiKey"}},
-            "segment": {"writeKeySecretRef": {"name": "acme-segment", "key": "writeKey"}},
-            "exposure": {"publicUrl": "https://hooks.example.com/acme"}
-        }
-    });
-    obj
-}
 
 fn secret(name: &str) -> Secret {
     serde_json::from_value(json!({
