@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bridge_api::SeshnSegmentBridge;
-use e2e::{Helm, TestProcess, chart_dir, eventually, free_local_addr, http, repo_root};
+use e2e::{CRD_NAME, Helm, TestProcess, chart_dir, eventually, free_local_addr, http, repo_root};
 use fakes::segment_sink::SegmentSink;
 use fakes::seshn_api::FakeSeshn;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -32,7 +32,6 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 const RELEASE: &str = "seshn-segment";
-const CRD_NAME: &str = "seshnsegmentbridges.integrations.seshn.net";
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// The tenant's manifests: the Secrets and the bridge from `examples/`.
