@@ -1,7 +1,7 @@
 // Independent cross-check of the `seed` profile: the seed handler's own expressions
 // (../../../../../shared/seeds/segment-integration.txt, lines 20-55), run by Node on the golden
-// inputs, printed as JSON lines {case, track, identify}. It is not part of the test suite (CI has
-// no Node); docs/mapping.md records the comparison and explains every difference.
+// inputs, printed as JSON lines {case, track, identify, error?}. tests/seed_reference.rs runs it
+// and compares it with the golden files; docs/mapping.md explains every difference.
 // Usage: node seed-reference.js <case> <event> [<case> <event> ...]
 const fs = require('fs');
 const path = require('path');
