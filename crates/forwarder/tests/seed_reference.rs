@@ -16,7 +16,10 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
         "edge.big-numbers-unicode",
         "numbers past 2^53 rounded; numeric userId throws",
     ),
-    ("edge.contact-without-id", "identify without a userId throws"),
+    (
+        "edge.contact-without-id",
+        "identify without a userId throws",
+    ),
     (
         "edge.contact-id-not-usable",
         "boolean userId throws; we fall back",
@@ -83,7 +86,10 @@ fn seed_profile_equals_the_seed_handler_run_by_node() {
         })
         .collect();
     cases.sort();
-    assert!(cases.len() >= 30, "expected every golden input, got {cases:?}");
+    assert!(
+        cases.len() >= 30,
+        "expected every golden input, got {cases:?}"
+    );
 
     // The event header of each case is the one the golden track recorded as `seshnEvent`.
     let mut args = Vec::new();
@@ -129,6 +135,10 @@ fn seed_profile_equals_the_seed_handler_run_by_node() {
             )),
         }
     }
-    assert_eq!(seen, cases.len(), "one line per case from seed-reference.js");
+    assert_eq!(
+        seen,
+        cases.len(),
+        "one line per case from seed-reference.js"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
