@@ -115,11 +115,11 @@ fn seed_profile_equals_the_seed_handler_run_by_node() {
     );
 
     let mut failures = Vec::new();
-    let mut seen = 0;
+    let mut lines = 0;
     for line in String::from_utf8(output.stdout).unwrap().lines() {
         let mut seed: Value = serde_json::from_str(line).unwrap();
         let case = seed["case"].as_str().unwrap().to_owned();
-        seen += 1;
+        lines += 1;
         let seed_error = seed.as_object_mut().unwrap().remove("error");
         seed.as_object_mut().unwrap().remove("case");
         let ours = ours(&case);
