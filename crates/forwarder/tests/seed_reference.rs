@@ -136,7 +136,7 @@ fn seed_profile_equals_the_seed_handler_run_by_node() {
         }
     }
     assert_eq!(
-        seen,
+        lines,
         cases.len(),
         "one line per case from seed-reference.js"
     );
