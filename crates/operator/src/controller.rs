@@ -745,11 +745,12 @@ pub async fn run(
         .leader_election
         .as_ref()
         .map(|le| LeaderElector::new(client.clone(), le.clone(), config.instance.clone()));
+    let mut acquired_at = tokio::time::Instant::now();
     if let Some(elector) = &elector {
-        tokio::select! {
+        acquired_at = tokio::select! {
             res = elector.acquire() => res?,
             () = &mut shutdown => return Ok(()),
-        }
+        };
         info!(instance = %config.instance, "acquired the leader lease");
     }
     metrics.leader.set(1);
@@ -767,7 +768,7 @@ pub async fn run(
     tokio::pin!(controllers);
     let hold = async {
         match &elector {
-            Some(e) => e.hold().await,
+            Some(e) => e.hold(acquired_at).await,
             None => std::future::pending().await,
         }
     };

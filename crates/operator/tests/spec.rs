@@ -389,3 +389,67 @@ async fn hand_edits_of_the_forwarder_are_reverted() {
         .unwrap();
     assert!(annotations.contains_key("kubectl.kubernetes.io/restartedAt"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_looks_expired_by_a_skewed_clock_is_not_taken_while_it_changes() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::api::{Patch, PatchParams};
+    use std::time::Instant;
+
+    let h = Harness::start().await;
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns);
+    let name = "skewed";
+    // Another replica holds the lease; its clock runs an hour behind ours, so every renewTime
+    // it writes looks long expired to us.
+    let behind = || MicroTime(Timestamp::now() - SignedDuration::from_secs(3600));
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 3}
+    }))
+    .unwrap();
+    let mut lease = lease;
+    lease.spec.as_mut().unwrap().renew_time = Some(behind());
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let elector = operator::leader::LeaderElector::new(
+        h.client.clone(),
+        LeaderElectionConfig {
+            namespace: h.ns.clone(),
+            name: name.into(),
+            lease_duration: Duration::from_secs(3),
+            renew_interval: Duration::from_secs(1),
+        },
+        "me".into(),
+    );
+    assert!(
+        !elector.try_acquire_or_renew().await.unwrap(),
+        "a renewTime from another clock is no reason to take over"
+    );
+    // The ghost keeps renewing (with its skewed clock): every change restarts our countdown.
+    let mut last_change = Instant::now();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        last_change = Instant::now();
+        let renew = json!({"spec": {"renewTime": behind()}});
+        leases
+            .patch(name, &PatchParams::default(), &Patch::Merge(renew))
+            .await
+            .unwrap();
+        assert!(
+            !elector.try_acquire_or_renew().await.unwrap(),
+            "taken over while the holder renews"
+        );
+    }
+    // The ghost stops: the lease is ours once it has not changed for 3 s on our clock.
+    eventually("the takeover", DEADLINE, || async {
+        elector.try_acquire_or_renew().await.unwrap().then_some(())
+    })
+    .await;
+    assert!(
+        last_change.elapsed() >= Duration::from_secs(3),
+        "taken {:?} after the last renewal, before the lease expired",
+        last_change.elapsed()
+    );
+    let spec = leases.get(name).await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("me"));
+}
