@@ -9,6 +9,42 @@ pub const FINALIZER: &str = "integrations.seshn.net/webhook-cleanup";
 /// `app.kubernetes.io/managed-by` value on every child.
 pub const MANAGED_BY: &str = "seshn-segment-operator";
 
+/// Default of `--concurrency` (and of the chart's `operator.concurrency`): bridges reconciled at
+/// once per watched scope. Each pass spends most of its time waiting on the API server or Seshn,
+/// and the global Seshn rate limiter, not this, bounds the calls to Seshn.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
+
+/// Errors in the configuration given on the command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--watch-namespaces` has an empty entry (e.g. `a,,b` or a trailing comma).
+    #[error(
+        "--watch-namespaces has an empty entry in {0:?}; list namespaces separated by single commas, or leave it empty to watch all namespaces"
+    )]
+    EmptyNamespace(String),
+}
+
+/// The namespaces of `--watch-namespaces` (already split at commas): trimmed and deduplicated
+/// in their order (a repeated name would start a second controller for the same namespace).
+/// A single empty value (the default) means every namespace (`[]`); an empty entry among
+/// names is an error rather than silently dropped, since it usually is a typo.
+pub fn watch_namespaces(raw: &[String]) -> Result<Vec<String>, ConfigError> {
+    if raw.iter().all(|n| n.trim().is_empty()) && raw.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for name in raw {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ConfigError::EmptyNamespace(raw.join(",")));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
 /// Everything `run` needs besides a Kubernetes client.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -77,7 +113,7 @@ impl Config {
             forwarder_image: forwarder_image.into(),
             default_seshn_api_url: bridge_api::DEFAULT_SESHN_API_URL.to_owned(),
             resync_interval: Duration::from_secs(600),
-            concurrency: 16,
+            concurrency: DEFAULT_CONCURRENCY,
             cleanup_deadline: Duration::from_secs(3600),
             watch_namespaces: Vec::new(),
             backoff_min: Duration::from_secs(1),
@@ -89,5 +125,39 @@ impl Config {
             leader_election: None,
             instance: "seshn-segment-operator".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn watch_namespaces_are_trimmed_and_deduplicated() {
+        assert_eq!(watch_namespaces(&raw(&[""])), Ok(vec![]));
+        assert_eq!(watch_namespaces(&raw(&[])), Ok(vec![]));
+        assert_eq!(watch_namespaces(&raw(&["  "])), Ok(vec![]));
+        assert_eq!(
+            watch_namespaces(&raw(&["b", " a", "b ", "a", "c"])),
+            Ok(raw(&["b", "a", "c"]))
+        );
+    }
+
+    #[test]
+    fn empty_namespace_entries_are_rejected() {
+        for bad in [&["a", "", "b"][..], &["a", " "], &["", ""], &["", "a"]] {
+            let err = watch_namespaces(&raw(bad)).unwrap_err();
+            assert!(err.to_string().contains("empty entry"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_binary() {
+        assert_eq!(Config::new("img").concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(DEFAULT_CONCURRENCY, 8);
     }
 }

@@ -758,7 +758,15 @@ pub async fn run(
     let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
         vec![None]
     } else {
-        config.watch_namespaces.iter().cloned().map(Some).collect()
+        // One controller per namespace: a repeated name would run two for the same objects.
+        let mut seen = HashSet::new();
+        config
+            .watch_namespaces
+            .iter()
+            .filter(|n| seen.insert(n.as_str()))
+            .cloned()
+            .map(Some)
+            .collect()
     };
     let controllers = futures::future::join_all(
         scopes

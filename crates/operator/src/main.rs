@@ -45,7 +45,7 @@ struct RunArgs {
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = duration::parse)]
     resync_interval: Duration,
     /// Bridges reconciled in parallel (per watched namespace).
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "CONCURRENCY", default_value_t = operator::config::DEFAULT_CONCURRENCY)]
     concurrency: u16,
     /// How long a deleted bridge retries deleting its webhook when Seshn cannot be reached with
     /// its credentials, before giving up with a WebhookOrphaned event.
@@ -130,12 +130,13 @@ async fn run(args: RunArgs) -> ExitCode {
     config.resync_interval = args.resync_interval;
     config.concurrency = args.concurrency.max(1);
     config.cleanup_deadline = args.cleanup_deadline;
-    config.watch_namespaces = args
-        .watch_namespaces
-        .into_iter()
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .collect();
+    config.watch_namespaces = match operator::config::watch_namespaces(&args.watch_namespaces) {
+        Ok(namespaces) => namespaces,
+        Err(e) => {
+            error!(error = %e, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
     config.seshn_rate_per_second = args.seshn_rate_limit;
     config.seshn_rate_burst = args.seshn_rate_burst;
     config.seshn_timeout = args.seshn_timeout;
@@ -153,6 +154,15 @@ async fn run(args: RunArgs) -> ExitCode {
         });
     }
 
+    // Bind before anything else: an operator without its probes and metrics would be restarted
+    // by its liveness probe forever, with the reason buried; say it and stop instead.
+    let listener = match tokio::net::TcpListener::bind(args.metrics_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(metrics_addr = %args.metrics_addr, error = %e, "cannot listen on the metrics address (--metrics-addr)");
+            return ExitCode::FAILURE;
+        }
+    };
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -161,10 +171,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::new());
-    let server = tokio::spawn(operator::metrics::bind_and_serve(
-        args.metrics_addr,
-        metrics.clone(),
-    ));
+    let server = tokio::spawn(operator::metrics::serve(listener, metrics.clone()));
     info!(metrics_addr = %args.metrics_addr, "starting");
     let result = operator::run(client, config, metrics, shutdown_signal()).await;
     server.abort();
