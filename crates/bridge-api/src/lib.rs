@@ -304,7 +304,8 @@ pub struct SpoolSpec {
     #[serde(default)]
     pub storage: SpoolStorage,
 
-    /// Size of the spool volume (and the forwarder's spool limit, 90% of it). Default 1Gi.
+    /// Size of the spool volume; the forwarder's spool limit is 60% of it (its store file grows
+    /// past the limit during a long outage). Default 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Quantity>,
 

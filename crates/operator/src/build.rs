@@ -45,6 +45,27 @@ pub const WRITE_KEY_DIR: &str = "/etc/seshn-segment/segment";
 pub const SPOOL_DIR: &str = "/var/spool/seshn-segment";
 /// UID/GID the forwarder runs as (the distroless `nonroot` user).
 pub const RUN_AS: i64 = 65532;
+/// Share of the spool volume given to the forwarder as `SPOOL_MAX_BYTES`, in percent. The
+/// spool's redb file grows to about 1.3x its logical bound during a long outage (pages freed by
+/// acknowledged events are reused only after a compaction), so 60% keeps it near 80% of the
+/// volume. With a bound close to the volume (the former 90%), kubelet would evict the pod for
+/// exceeding the emptyDir `sizeLimit` and delete the emptyDir with the events it had already
+/// acknowledged to Seshn; a full PVC would fail the spool's writes instead.
+pub const SPOOL_BOUND_PERCENT: u64 = 60;
+/// `SHUTDOWN_DELAY` of the forwarder: after SIGTERM it reports not ready and keeps serving this
+/// long, so endpoints and ingress controllers stop routing to it before it stops accepting.
+pub const SHUTDOWN_DELAY_SECS: i64 = 5;
+/// `SHUTDOWN_GRACE` of the forwarder: the time it then has to drain in-flight requests and
+/// batches (the forwarder's own default, set explicitly so the pod's grace period below is
+/// computed from the value actually used).
+pub const SHUTDOWN_GRACE_SECS: i64 = 20;
+/// Slack on top of delay + grace before kubelet sends SIGKILL (process exit, a slow node).
+pub const TERMINATION_MARGIN_SECS: i64 = 10;
+
+/// The forwarder's spool bound for a spool volume of `volume_bytes`.
+pub fn spool_max_bytes(volume_bytes: u64) -> u64 {
+    volume_bytes / 100 * SPOOL_BOUND_PERCENT
+}
 
 /// The forwarder workload.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,9 +213,14 @@ fn pod_template(bridge: &SeshnSegmentBridge, v: &Validated, checksum: &str) -> P
     }
     if spooled {
         envs.push(env("SPOOL_DIR", SPOOL_DIR));
-        // Leave 10% of the volume for the store's own overhead and compaction.
-        envs.push(env("SPOOL_MAX_BYTES", (v.spool_bytes / 10 * 9).to_string()));
+        // Well below the volume: see SPOOL_BOUND_PERCENT for why not 90%.
+        envs.push(env(
+            "SPOOL_MAX_BYTES",
+            spool_max_bytes(v.spool_bytes).to_string(),
+        ));
     }
+    envs.push(env("SHUTDOWN_DELAY", format!("{SHUTDOWN_DELAY_SECS}s")));
+    envs.push(env("SHUTDOWN_GRACE", format!("{SHUTDOWN_GRACE_SECS}s")));
     let mut mounts = vec![
         VolumeMount {
             name: "webhook-secret".into(),
@@ -321,8 +347,11 @@ fn pod_template(bridge: &SeshnSegmentBridge, v: &Validated, checksum: &str) -> P
             // The forwarder never talks to the Kubernetes API.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            // Time to drain the spool / in-flight batches on SIGTERM.
-            termination_grace_period_seconds: Some(30),
+            // SIGTERM → not ready for SHUTDOWN_DELAY → drain for SHUTDOWN_GRACE: SIGKILL must
+            // not come before both are over.
+            termination_grace_period_seconds: Some(
+                SHUTDOWN_DELAY_SECS + SHUTDOWN_GRACE_SECS + TERMINATION_MARGIN_SECS,
+            ),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUN_AS),
@@ -557,6 +586,39 @@ mod tests {
         );
         assert_eq!(children.service.spec.unwrap().ports.unwrap()[0].port, 80);
         assert!(children.ingress.is_none());
+    }
+
+    #[test]
+    fn spool_bound_leaves_room_for_the_store_and_shutdown_fits_the_grace_period() {
+        let bridge = bridge();
+        let v = validate(&bridge, &Config::new("img:1")).unwrap();
+        let pod = pod_spec(&build(&bridge, &v, "abc").workload);
+        let bound: u64 = env_of(&pod, "SPOOL_MAX_BYTES").unwrap().parse().unwrap();
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "spool")
+            .and_then(|v| v.empty_dir.as_ref()?.size_limit.clone())
+            .unwrap();
+        let volume: u64 = volume.0.parse().unwrap();
+        assert_eq!(volume, v.spool_bytes);
+        // The redb file reaches about 1.3x the bound; it must stay clearly inside the volume.
+        assert!(bound * 13 / 10 <= volume * 8 / 10, "{bound} of {volume}");
+        assert!(bound >= volume / 2, "{bound} of {volume}: needlessly small");
+        assert_eq!(env_of(&pod, "SHUTDOWN_DELAY").as_deref(), Some("5s"));
+        assert_eq!(env_of(&pod, "SHUTDOWN_GRACE").as_deref(), Some("20s"));
+        let grace = pod.termination_grace_period_seconds.unwrap();
+        assert!(grace >= 5 + 20 + 5, "{grace}");
+
+        let mut pvc = bridge.clone();
+        pvc.spec.delivery.spool.storage = SpoolStorage::PersistentVolumeClaim;
+        let v = validate(&pvc, &Config::new("img:1")).unwrap();
+        let pod = pod_spec(&build(&pvc, &v, "abc").workload);
+        let bound: u64 = env_of(&pod, "SPOOL_MAX_BYTES").unwrap().parse().unwrap();
+        assert_eq!(bound, spool_max_bytes(v.spool_bytes));
+        assert!(bound * 13 / 10 < v.spool_bytes);
     }
 
     #[test]
