@@ -100,6 +100,14 @@ pub enum ClientError {
 }
 
 /// The outcome of one failed attempt. The text never holds the write key or message content.
+///
+/// Three classes, because they call for three different reactions:
+/// - [`SendError::Retryable`]: the destination is having trouble; retry with backoff.
+/// - [`SendError::Rejected`]: 400 or 413, the destination refuses *this content*; retrying the
+///   same bytes cannot help, so the caller isolates the refused messages and dead-letters them.
+/// - [`SendError::Blocked`]: every other non-2xx (401, 403, 404, 3xx, 501, 505, other 4xx) says
+///   nothing about the content, only that *the configuration* (write key, endpoint, a proxy in
+///   front) is wrong; the content is kept and retried with capped backoff until it is fixed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// Worth retrying: 429, 408, 5xx other than 501/505, network errors and timeouts.
@@ -112,9 +120,18 @@ pub enum SendError {
         /// What happened, for logs.
         reason: String,
     },
-    /// Will never succeed as is (400, other 4xx, 501, 505, redirects): dead-letter the batch.
+    /// The destination refused this content (400, 413): resending it as is cannot succeed.
     #[error("batch rejected with HTTP {status}: {reason}")]
     Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// What happened, for logs.
+        reason: String,
+    },
+    /// A configuration problem (401, 403, 404, redirects, 501, 505, other 4xx): the content may
+    /// be fine, the write key or endpoint is not. Keep the batch and retry with capped backoff.
+    #[error("delivery blocked by HTTP {status} (check the write key and endpoint): {reason}")]
+    Blocked {
         /// The HTTP status.
         status: u16,
         /// What happened, for logs.
@@ -127,7 +144,7 @@ impl SendError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Retryable { status, .. } => *status,
-            Self::Rejected { status, .. } => Some(*status),
+            Self::Rejected { status, .. } | Self::Blocked { status, .. } => Some(*status),
         }
     }
 
@@ -135,13 +152,19 @@ impl SendError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Retryable { retry_after, .. } => *retry_after,
-            Self::Rejected { .. } => None,
+            Self::Rejected { .. } | Self::Blocked { .. } => None,
         }
     }
 
-    /// Whether another attempt may succeed.
+    /// Whether sending the same content again may succeed (transient or configuration
+    /// problems); false only for content the destination refused.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable { .. })
+        !matches!(self, Self::Rejected { .. })
+    }
+
+    /// Whether this is a configuration problem (see [`SendError::Blocked`]).
+    pub fn is_blocked(&self) -> bool {
+        matches!(self, Self::Blocked { .. })
     }
 }
 
@@ -360,7 +383,9 @@ pub(crate) fn encode_body(
     body
 }
 
-/// Classifies an HTTP answer (Segment's retry rules, as in analytics-node 3.1 and the issue).
+/// Classifies an HTTP answer (Segment's retry rules, as in analytics-node 3.1 and the issue):
+/// 2xx is success; 429, 408 and 5xx except 501/505 are transient; 400 and 413 refuse the
+/// content; everything else is a configuration problem ([`SendError::Blocked`]).
 pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(), SendError> {
     let code = status.as_u16();
     let reason = || match status.canonical_reason() {
@@ -378,8 +403,13 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(),
             retry_after,
             reason: reason(),
         })
-    } else if status.is_redirection() {
+    } else if code == 400 || code == 413 {
         Err(SendError::Rejected {
+            status: code,
+            reason: reason(),
+        })
+    } else if status.is_redirection() {
+        Err(SendError::Blocked {
             status: code,
             reason: format!(
                 "{} (redirects are not followed; check the endpoint)",
@@ -387,9 +417,14 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(),
             ),
         })
     } else {
-        Err(SendError::Rejected {
+        let hint = match code {
+            401 | 403 => " (check the write key, or a proxy in front of the endpoint)",
+            404 | 405 => " (check the endpoint's path)",
+            _ => "",
+        };
+        Err(SendError::Blocked {
             status: code,
-            reason: reason(),
+            reason: format!("{}{hint}", reason()),
         })
     }
 }
@@ -463,11 +498,34 @@ mod tests {
                 "{retry}"
             );
         }
-        for reject in [400, 401, 403, 404, 410, 413, 422, 501, 505, 301, 302, 307] {
+        for reject in [400, 413] {
             let e = classify(st(reject), None).unwrap_err();
             assert_eq!(e.status(), Some(reject));
             assert!(!e.is_retryable(), "{reject}");
+            assert!(!e.is_blocked(), "{reject}");
         }
+        // Configuration problems: the content is kept and retried, never dead-lettered.
+        for blocked in [
+            401, 403, 404, 405, 410, 422, 451, 501, 505, 301, 302, 307, 308, 100,
+        ] {
+            let e = classify(st(blocked), Some(Duration::from_secs(5))).unwrap_err();
+            assert_eq!(e.status(), Some(blocked));
+            assert!(e.is_blocked(), "{blocked}");
+            assert!(e.is_retryable(), "{blocked}");
+            assert_eq!(e.retry_after(), None, "{blocked}");
+        }
+        assert!(
+            classify(st(401), None)
+                .unwrap_err()
+                .to_string()
+                .contains("write key")
+        );
+        assert!(
+            classify(st(302), None)
+                .unwrap_err()
+                .to_string()
+                .contains("redirects are not followed")
+        );
         let e = classify(st(429), Some(Duration::from_secs(7))).unwrap_err();
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(

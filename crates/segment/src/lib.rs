@@ -7,7 +7,8 @@
 //!   a JSON-lines file, or stdout) and classifies the answer ([`SendError`]).
 //! - [`validate_message`] applies the per-message checks Segment makes after answering 200.
 //! - [`send_with_retries`] retries with [`RetryPolicy`] backoff until accepted, rejected or a
-//!   deadline.
+//!   deadline; [`send_with_retries_observed`] also reports every attempt (e.g. for a
+//!   "delivery blocked" gauge).
 
 mod batch;
 mod client;
@@ -23,5 +24,5 @@ pub use client::{
 };
 pub use destination::{Destination, DestinationError};
 pub use message::{InvalidMessage, MAX_MESSAGE_ID_CHARS, validate_message};
-pub use retry::{DeliveryError, RetryPolicy, send_with_retries};
+pub use retry::{DeliveryError, RetryPolicy, send_with_retries, send_with_retries_observed};
 pub use time::{RFC3339_MILLIS_LEN, rfc3339_millis};

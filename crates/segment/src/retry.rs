@@ -58,7 +58,7 @@ fn jitter(span: Duration) -> Duration {
 /// Why [`send_with_retries`] gave up. The text never holds the write key or message content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// The destination refused the batch; retrying cannot help, so dead-letter it.
+    /// The destination refused the batch's content (400, 413); retrying it as is cannot help.
     #[error("batch rejected with HTTP {status} after {attempts} attempt(s): {reason}")]
     Rejected {
         /// The HTTP status.
@@ -90,12 +90,27 @@ impl DeliveryError {
 /// Sends `messages` until they are accepted, rejected, or `deadline` (None = retry forever).
 ///
 /// Returns the number of attempts on success. With a deadline, an attempt in flight is cut off
-/// at the deadline, and a retry whose wait would end after it is not started.
+/// at the deadline, and a retry whose wait would end after it is not started. Transient failures
+/// ([`SendError::Retryable`]) and configuration problems ([`SendError::Blocked`]) are both
+/// retried with the policy's backoff; only [`SendError::Rejected`] ends the loop early.
 pub async fn send_with_retries(
     client: &Client,
     messages: &[RawMessage],
     policy: &RetryPolicy,
     deadline: Option<Instant>,
+) -> Result<u32, DeliveryError> {
+    send_with_retries_observed(client, messages, policy, deadline, |_| {}).await
+}
+
+/// [`send_with_retries`], calling `observe` with the outcome of every attempt that got an
+/// answer (or a network error), e.g. to raise a "delivery blocked" gauge while the write key
+/// is wrong. Attempts cut short by the deadline are not reported.
+pub async fn send_with_retries_observed(
+    client: &Client,
+    messages: &[RawMessage],
+    policy: &RetryPolicy,
+    deadline: Option<Instant>,
+    mut observe: impl FnMut(Result<(), &SendError>),
 ) -> Result<u32, DeliveryError> {
     let mut attempts: u32 = 0;
     loop {
@@ -116,6 +131,7 @@ pub async fn send_with_retries(
             },
             None => client.send(messages).await,
         };
+        observe(outcome.as_ref().copied());
         let failure = match outcome {
             Ok(()) => return Ok(attempts),
             Err(SendError::Rejected { status, reason }) => {
@@ -138,13 +154,25 @@ pub async fn send_with_retries(
                 last: failure,
             });
         }
-        tracing::warn!(
-            attempt = attempts,
-            status = failure.status(),
-            wait_ms = wait.as_millis() as u64,
-            error = %failure,
-            "Segment batch delivery failed; retrying"
-        );
+        if failure.is_blocked() {
+            // Not Segment's trouble but ours: say so, and what to check (no secret in it).
+            tracing::warn!(
+                attempt = attempts,
+                status = failure.status(),
+                wait_ms = wait.as_millis() as u64,
+                error = %failure,
+                "Segment refused the request: delivery is blocked until the configuration is \
+                 fixed; events are kept and retried"
+            );
+        } else {
+            tracing::warn!(
+                attempt = attempts,
+                status = failure.status(),
+                wait_ms = wait.as_millis() as u64,
+                error = %failure,
+                "Segment batch delivery failed; retrying"
+            );
+        }
         tokio::time::sleep(wait).await;
     }
 }

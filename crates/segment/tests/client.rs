@@ -170,10 +170,10 @@ async fn rate_limit_honours_retry_after() {
 }
 
 #[tokio::test]
-async fn non_retryable_statuses_are_rejected_after_one_attempt() {
+async fn refused_content_is_rejected_after_one_attempt() {
     let sink = SegmentSink::start(KEY).await.unwrap();
     let client = client_for(&sink, Duration::from_secs(10));
-    for status in [400, 401, 403, 404, 413, 422, 501, 505] {
+    for status in [400, 413] {
         let before = sink.requests();
         sink.push_fault(Fault::Status(status));
         let err = send_with_retries(&client, &[message("m-1")], &fast_policy(), None)
@@ -196,6 +196,65 @@ async fn non_retryable_statuses_are_rejected_after_one_attempt() {
         assert!(!err.to_string().contains(KEY));
     }
     assert!(sink.messages().is_empty());
+}
+
+/// A wrong or rotated write key, a wrong path, a WAF or a redirect says nothing about the
+/// content: the batch must be kept and retried (never dead-lettered), and every such answer is
+/// reported to the observer so the caller can raise its "delivery blocked" gauge.
+#[tokio::test]
+async fn configuration_statuses_are_retried_not_rejected() {
+    let sink = SegmentSink::start(KEY).await.unwrap();
+    let client = client_for(&sink, Duration::from_secs(10));
+    for status in [401, 403, 404, 405, 410, 422, 501, 505, 301, 302, 307] {
+        let before = sink.requests();
+        sink.push_fault(Fault::Status(status));
+        sink.push_fault(Fault::Status(status));
+        let mut seen = Vec::new();
+        let attempts = segment::send_with_retries_observed(
+            &client,
+            &[message(&format!("m-{status}"))],
+            &fast_policy(),
+            None,
+            |outcome| seen.push(outcome.map_err(|e| (e.is_blocked(), e.status(), e.to_string()))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(attempts, 3, "{status}");
+        assert_eq!(sink.requests(), before + 3, "{status}");
+        assert_eq!(seen.len(), 3, "{status}");
+        for failure in &seen[..2] {
+            let (blocked, got, text) = failure.clone().unwrap_err();
+            assert!(blocked, "{status}");
+            assert_eq!(got, Some(status));
+            assert!(!text.contains(KEY), "{text}");
+        }
+        assert_eq!(seen[2], Ok(()));
+    }
+    // With a deadline, a status that stays wrong ends in DeadlineExceeded (the caller keeps
+    // the events), never in Rejected.
+    for _ in 0..100 {
+        sink.push_fault(Fault::Status(401));
+    }
+    let started = Instant::now();
+    let err = send_with_retries(
+        &client,
+        &[message("m-deadline")],
+        &fast_policy(),
+        Some(started + Duration::from_millis(800)),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        DeliveryError::DeadlineExceeded { attempts, last } => {
+            assert!(attempts >= 2, "{attempts}");
+            assert!(last.is_blocked(), "{last:?}");
+            assert_eq!(last.status(), Some(401));
+        }
+        other @ DeliveryError::Rejected { .. } => {
+            panic!("expected DeadlineExceeded, got {other:?}")
+        }
+    }
+    assert_eq!(sink.unique_messages().len(), 11);
 }
 
 #[tokio::test]
