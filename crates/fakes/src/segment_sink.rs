@@ -7,7 +7,10 @@
 //! counted so tests can assert on what Segment would have done.
 //!
 //! Faults are scripted: each request to `/v1/batch` consumes the next [`Fault`] in the queue, and
-//! [`SegmentSink::set_outage`] fails every request with 503 until released. The server is a plain
+//! [`SegmentSink::set_outage`] fails every request with 503 until released.
+//! [`SegmentSink::refuse_messages_containing`] makes it answer 400 to every batch holding a
+//! matching message, as Segment does for a malformed one: the whole batch is refused, so a client
+//! must find the bad message itself. The server is a plain
 //! hyper HTTP/1.1 loop (not axum) because [`Fault::DropConnection`] must close the socket without
 //! any answer, which needs control over the connection task.
 
@@ -164,6 +167,10 @@ struct Shared {
     store: bool,
     echo: bool,
     outage: AtomicBool,
+    /// Batches holding a message with one of these substrings are answered 400.
+    refuse: Mutex<Vec<String>>,
+    /// When non-zero, every batch is answered with this status (see `fail_all_with`).
+    fail_status: std::sync::atomic::AtomicU16,
     counters: Counters,
     state: Mutex<State>,
     /// Woken after every accepted batch, for `wait_for_*`.
@@ -222,6 +229,8 @@ impl SegmentSink {
             store: opts.store,
             echo: opts.echo,
             outage: AtomicBool::new(false),
+            refuse: Mutex::new(Vec::new()),
+            fail_status: std::sync::atomic::AtomicU16::new(0),
             counters: Counters::default(),
             state: Mutex::new(State::default()),
             arrived: Notify::new(),
@@ -258,6 +267,25 @@ impl SegmentSink {
     /// While on, every `/v1/batch` request is answered 503 (after queued faults are served).
     pub fn set_outage(&self, on: bool) {
         self.shared.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// While `Some(status)`, every `/v1/batch` request (after queued faults are served) is
+    /// answered with that status and nothing is stored: a wrong key behind a proxy (401), a WAF
+    /// (403), a wrong path (404), a redirect (302), ... A 3xx answer carries a `Location`.
+    pub fn fail_all_with(&self, status: Option<u16>) {
+        self.shared
+            .fail_status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// From now on, answers 400 (without storing anything) to every batch holding a message
+    /// whose JSON text contains `needle`, as Segment refuses a whole batch for one bad message.
+    pub fn refuse_messages_containing(&self, needle: &str) {
+        self.shared
+            .refuse
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(needle.to_owned());
     }
 
     /// Every accepted message, duplicates included, in arrival order (empty in count-only mode).
@@ -542,6 +570,18 @@ fn respond(
             ),
         );
     }
+    let forced = shared.fail_status.load(Ordering::SeqCst);
+    if forced != 0 {
+        let status = StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = answer(status, r#"{"code":"forced","message":"forced status"}"#);
+        if status.is_redirection() {
+            resp.headers_mut().insert(
+                hyper::header::LOCATION,
+                HeaderValue::from_static("http://127.0.0.1:9/v1/batch"),
+            );
+        }
+        return finish(shared, record, resp);
+    }
     let resp = process(shared, basic_key, body);
     finish(shared, record, resp)
 }
@@ -692,6 +732,23 @@ fn process(shared: &Shared, basic_key: Option<&str>, body: &[u8]) -> Answer {
         return reject(
             shared,
             r#"{"code":"invalid_request","message":"Exceed payload limit"}"#,
+        );
+    }
+    let refused = {
+        let needles = shared
+            .refuse
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !needles.is_empty()
+            && parsed
+                .batch
+                .iter()
+                .any(|m| needles.iter().any(|n| m.get().contains(n.as_str())))
+    };
+    if refused {
+        return reject(
+            shared,
+            r#"{"code":"invalid_request","message":"Invalid message"}"#,
         );
     }
     if parsed.batch.len() > MAX_BATCH_MESSAGES {

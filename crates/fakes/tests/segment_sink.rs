@@ -368,6 +368,45 @@ async fn outage_fails_everything_until_released() {
 }
 
 #[tokio::test]
+async fn a_refused_message_fails_its_whole_batch_with_400() {
+    let sink = SegmentSink::start(KEY).await.unwrap();
+    let auth = basic(KEY);
+    sink.refuse_messages_containing("\"messageId\":\"bad\"");
+    let mixed = batch(&[track("good-1"), track("bad"), track("good-2")], None);
+    let answer = post(&sink, Some(&auth), &mixed).await.unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        sink.messages().is_empty(),
+        "nothing of a refused batch is kept"
+    );
+    let good = batch(&[track("good-1"), track("good-2")], None);
+    assert_eq!(post(&sink, Some(&auth), &good).await.unwrap().status, 200);
+    let s = sink.stats();
+    assert_eq!((s.rejected_400, s.accepted_messages), (1, 2));
+}
+
+#[tokio::test]
+async fn fail_all_with_answers_every_batch_until_cleared() {
+    let sink = SegmentSink::start(KEY).await.unwrap();
+    let auth = basic(KEY);
+    let body = batch(&[track("f")], None);
+    sink.fail_all_with(Some(401));
+    assert_eq!(post(&sink, Some(&auth), &body).await.unwrap().status, 401);
+    sink.fail_all_with(Some(302));
+    let answer = post(&sink, Some(&auth), &body).await.unwrap();
+    assert_eq!(answer.status, 302);
+    assert!(
+        answer.head.to_ascii_lowercase().contains("location:"),
+        "{}",
+        answer.head
+    );
+    assert!(sink.messages().is_empty());
+    sink.fail_all_with(None);
+    assert_eq!(post(&sink, Some(&auth), &body).await.unwrap().status, 200);
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
 async fn other_paths_and_methods() {
     let sink = SegmentSink::start(KEY).await.unwrap();
     let auth = basic(KEY);
