@@ -1,8 +1,10 @@
 //! Wiring: open the spool, start the sender, serve HTTP, and shut down in order.
 //!
-//! Shutdown (SIGTERM): readiness goes false and new webhooks get 503 at once; the HTTP server
-//! stops accepting connections and finishes the requests in flight; then the sender drains the
-//! spool until it is empty or the grace period ends; the rest stays on disk for the next start.
+//! Shutdown (SIGTERM): readiness goes false at once, but webhooks are still taken for the
+//! shutdown delay (Kubernetes needs a few seconds to take the pod out of the Service's endpoints,
+//! and requests routed meanwhile must not fail); then new webhooks get 503, the HTTP server stops
+//! accepting connections and finishes the requests in flight, and the sender drains the spool
+//! until it is empty or the grace period ends; the rest stays on disk for the next start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::http::{AppState, Sink, router};
+use crate::http::{AppState, BodyBudget, Sink, router};
 use crate::mapping::{Mapper, MappingConfig};
 use crate::metrics::Metrics;
 use crate::sender::{self, Drained, SenderConfig};
@@ -37,8 +39,8 @@ pub enum DeliveryMode {
     Synchronous,
 }
 
-/// Everything the forwarder needs, already validated.
-#[derive(Debug, Clone)]
+/// Everything the forwarder needs, already validated. `Debug` redacts the secrets.
+#[derive(Clone)]
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
@@ -58,6 +60,14 @@ pub struct Config {
     pub mapping: MappingConfig,
     /// Largest accepted webhook body.
     pub max_body_bytes: usize,
+    /// Budget of body bytes buffered by all requests in flight together.
+    pub max_inflight_body_bytes: usize,
+    /// How long a request may take to send its body (408 after).
+    pub body_read_timeout: Duration,
+    /// Bound of the dead-letter table (the oldest go beyond it).
+    pub dead_letter_max_bytes: u64,
+    /// Time between SIGTERM (readiness false) and closing the listener.
+    pub shutdown_delay: Duration,
     /// Time allowed for draining at shutdown.
     pub shutdown_grace: Duration,
     /// Synchronous mode: how long a request waits for Segment.
@@ -68,6 +78,35 @@ pub struct Config {
     pub limits: Limits,
     /// Backoff between delivery attempts.
     pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field but the secrets, which show only whether (and how many) are set.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field(
+                "webhook_secrets",
+                &format_args!("<{} redacted>", self.webhook_secrets.len()),
+            )
+            .field("destination", &self.destination)
+            .field("write_key", &crate::config::Redacted(&self.write_key))
+            .field("mode", &self.mode)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("mapping", &self.mapping)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
+            .field("shutdown_delay", &self.shutdown_delay)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("sync_deadline", &self.sync_deadline)
+            .field("segment_timeout", &self.segment_timeout)
+            .field("limits", &self.limits)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 /// Why the forwarder could not start or stop cleanly. Texts hold no secrets.
@@ -157,6 +196,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             max_bytes: config.spool_max_bytes,
             max_message_bytes: config.limits.max_message_bytes,
             cache_bytes: SPOOL_CACHE_BYTES,
+            dead_letter_max_bytes: config.dead_letter_max_bytes,
         };
         tokio::task::spawn_blocking(move || Spool::open(&options))
     });
@@ -236,6 +276,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         sink,
         metrics: Arc::clone(&metrics),
         max_body_bytes: config.max_body_bytes,
+        body_budget: BodyBudget::new(config.max_inflight_body_bytes),
+        body_read_timeout: config.body_read_timeout,
+        ready: AtomicBool::new(true),
         accepting: AtomicBool::new(true),
     });
     metrics.set_ready(true);
@@ -245,6 +288,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         let state = Arc::clone(&state);
         let stop = Arc::clone(&stop);
         let grace = config.shutdown_grace;
+        let delay = config.shutdown_delay;
         tokio::spawn(async move {
             let stopping = Arc::new(Notify::new());
             let server = {
@@ -254,10 +298,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             };
             let server = tokio::spawn(async move { server.await });
             stop.notified().await;
+            state.ready.store(false, Ordering::Release);
+            state.metrics.set_ready(false);
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_secs = delay.as_secs_f64(),
+                    "shutting down: not ready, still serving while the endpoints are updated"
+                );
+                tokio::time::sleep(delay).await;
+            }
             let deadline = Instant::now() + grace;
             tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down");
             state.accepting.store(false, Ordering::Release);
-            state.metrics.set_ready(false);
             stopping.notify_one();
             // In-flight requests finish first, so nothing is appended after the drain.
             if tokio::time::timeout_at(deadline, server).await.is_err() {

@@ -13,6 +13,31 @@ use crate::mapping::{MappingConfig, Profile, parse_extra_properties};
 /// Default Segment endpoint when a write key is configured.
 pub const DEFAULT_ENDPOINT: &str = "https://api.segment.io";
 
+/// Debug-prints a secret as whether it is set, never its value.
+pub struct Redacted<'a>(pub &'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// Debug-prints an optional secret.
+struct RedactedOpt<'a>(&'a Option<String>);
+
+impl std::fmt::Debug for RedactedOpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(value) => Redacted(value).fmt(f),
+            None => f.write_str("None"),
+        }
+    }
+}
+
 /// Seshn → Segment forwarder: verifies Seshn webhooks, maps them to Segment calls and delivers
 /// them to Segment's HTTP Tracking API without losing any.
 #[derive(Debug, Parser)]
@@ -40,6 +65,13 @@ pub enum Command {
         #[arg(long = "mapping-profile", env = "MAPPING_PROFILE", value_enum, default_value_t = Profile::Seed)]
         profile: Profile,
     },
+    /// Print the spool's dead letters as JSON lines, oldest first (the forwarder must be
+    /// stopped: the spool is opened read-only).
+    DeadLetters {
+        /// Directory of the spool.
+        #[arg(long = "spool-dir", env = "SPOOL_DIR", default_value = "spool")]
+        spool_dir: PathBuf,
+    },
 }
 
 /// Log output format.
@@ -52,8 +84,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Options of the forwarder.
-#[derive(Debug, Args)]
+/// Options of the forwarder. `Debug` redacts the secrets.
+#[derive(Args)]
 pub struct RunArgs {
     /// Address to listen on.
     #[arg(long, env = "FORWARDER_LISTEN", default_value = "127.0.0.1:8080")]
@@ -116,6 +148,21 @@ pub struct RunArgs {
     /// Largest accepted webhook body, e.g. 1MiB.
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_body_bytes: u64,
+    /// Budget of webhook body bytes buffered by all requests in flight together (each reserves
+    /// its Content-Length, or --max-body-bytes without one); beyond it, 503 + Retry-After.
+    #[arg(long, env = "MAX_INFLIGHT_BODY_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_inflight_body_bytes: u64,
+    /// How long a request may take to send its body before it is answered 408, e.g. 10s.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Bound of the dead-letter table, e.g. 64MiB; the oldest dead letters are deleted beyond
+    /// it. Default: a tenth of --spool-max-bytes.
+    #[arg(long, env = "DEAD_LETTER_MAX_BYTES", value_parser = parse_bytes)]
+    pub dead_letter_max_bytes: Option<u64>,
+    /// On SIGTERM, how long to keep serving webhooks with readiness already false (so
+    /// Kubernetes can remove the pod from the endpoints first), e.g. 5s.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     /// Time allowed to drain the spool on SIGTERM, e.g. 20s.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -163,8 +210,20 @@ pub enum ConfigError {
     #[error("--mapping-extra-properties: {0}")]
     Mapping(#[from] crate::mapping::ConfigError),
     /// A size that does not fit in memory.
-    #[error("--max-body-bytes is too large")]
+    #[error("--max-body-bytes is too large (at most 4GiB)")]
     BodyLimit,
+    /// The in-flight budget cannot hold even one body of the largest size.
+    #[error("--max-inflight-body-bytes must be at least --max-body-bytes")]
+    InflightBudget,
+    /// An http(s) endpoint without a write key (Segment would refuse every batch).
+    #[error(
+        "an http(s) Segment endpoint needs a write key (--segment-write-key / SEGMENT_WRITE_KEY \
+         or --segment-write-key-file)"
+    )]
+    MissingWriteKey,
+    /// A write key with whitespace or control characters inside.
+    #[error("the write key contains whitespace or control characters")]
+    InvalidWriteKey,
 }
 
 /// What [`RunArgs::into_config`] decided, with warnings to log once logging is up.
@@ -207,8 +266,30 @@ impl RunArgs {
             Some(list) => parse_extra_properties(list)?,
             None => Vec::new(),
         };
+        if matches!(destination, Destination::Http(_)) {
+            // Checked here so that it is a configuration error (exit 2), not a start failure.
+            if write_key.is_empty() {
+                return Err(ConfigError::MissingWriteKey);
+            }
+            if write_key
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::InvalidWriteKey);
+            }
+        }
+        // Bodies are reserved in the in-flight budget as u32 permits.
         let max_body_bytes =
-            usize::try_from(self.max_body_bytes).map_err(|_| ConfigError::BodyLimit)?;
+            u32::try_from(self.max_body_bytes).map_err(|_| ConfigError::BodyLimit)? as usize;
+        let max_inflight_body_bytes = usize::try_from(self.max_inflight_body_bytes)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        if max_inflight_body_bytes < max_body_bytes {
+            return Err(ConfigError::InflightBudget);
+        }
+        let dead_letter_max_bytes = self
+            .dead_letter_max_bytes
+            .unwrap_or(self.spool_max_bytes / 10);
         let config = Config {
             listen: self.listen,
             webhook_secrets,
@@ -224,6 +305,10 @@ impl RunArgs {
                 extra_properties,
             },
             max_body_bytes,
+            max_inflight_body_bytes,
+            body_read_timeout: self.body_read_timeout,
+            dead_letter_max_bytes,
+            shutdown_delay: self.shutdown_delay,
             shutdown_grace: self.shutdown_grace,
             sync_deadline: self.sync_deadline,
             segment_timeout: self.segment_timeout,
@@ -237,6 +322,38 @@ impl RunArgs {
             config,
             stdout_default,
         })
+    }
+}
+
+impl std::fmt::Debug for RunArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunArgs")
+            .field("listen", &self.listen)
+            .field("webhook_secret", &RedactedOpt(&self.webhook_secret))
+            .field("webhook_secret_file", &self.webhook_secret_file)
+            .field("segment_write_key", &RedactedOpt(&self.segment_write_key))
+            .field("segment_write_key_file", &self.segment_write_key_file)
+            .field("segment_endpoint", &self.segment_endpoint)
+            .field("delivery_mode", &self.delivery_mode)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("mapping_profile", &self.mapping_profile)
+            .field("bridge_id", &self.bridge_id)
+            .field("mapping_identify", &self.mapping_identify)
+            .field("mapping_extra_properties", &self.mapping_extra_properties)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_inflight_body_bytes", &self.max_inflight_body_bytes)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
+            .field("shutdown_delay", &self.shutdown_delay)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("sync_deadline", &self.sync_deadline)
+            .field("segment_timeout", &self.segment_timeout)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .finish()
     }
 }
 
@@ -297,6 +414,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extra arguments and the error they must cause.
+    type ErrorCase<'a> = (&'a [&'a str], fn(&ConfigError) -> bool);
 
     #[test]
     fn sizes_and_durations() {
@@ -407,6 +527,137 @@ mod tests {
             Some(Command::TrackingPlan {
                 profile: Profile::Spec
             })
+        ));
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "--webhook-secret",
+            "whsec_CURRENT_s3cr3t,whsec_PREVIOUS_s3cr3t",
+            "--segment-write-key",
+            "wk_WRITE_KEY_s3cr3t",
+        ])
+        .unwrap();
+        for text in [format!("{cli:?}"), format!("{:?}", cli.run)] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+            assert!(text.contains("listen"), "{text}");
+        }
+        let config = cli.run.into_config().unwrap().config;
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("<2 redacted>"), "{text}");
+        assert!(text.contains("write_key: <redacted>"), "{text}");
+        assert!(text.contains("api.segment.io"), "{text}");
+        // Without a key it says so, still without guessing anything.
+        let cli =
+            Cli::try_parse_from(["seshn-segment-forwarder", "--webhook-secret", "x"]).unwrap();
+        assert!(format!("{:?}", cli.run.into_config().unwrap().config).contains("<empty>"));
+    }
+
+    #[test]
+    fn write_key_file_new_flags_and_their_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("write-key");
+        // A Kubernetes Secret volume file usually ends with a newline.
+        std::fs::write(&key, "wk_from_file\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "--webhook-secret",
+            "s",
+            "--segment-write-key-file",
+            key.to_str().unwrap(),
+            "--spool-max-bytes",
+            "100MiB",
+        ])
+        .unwrap();
+        let resolved = cli.run.into_config().unwrap();
+        assert_eq!(resolved.config.write_key, "wk_from_file");
+        assert!(!resolved.stdout_default);
+        assert!(matches!(resolved.config.destination, Destination::Http(_)));
+        // Defaults of the new flags.
+        assert_eq!(resolved.config.max_inflight_body_bytes, 16 << 20);
+        assert_eq!(resolved.config.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(resolved.config.shutdown_delay, Duration::ZERO);
+        assert_eq!(resolved.config.dead_letter_max_bytes, (100 << 20) / 10);
+
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "--webhook-secret",
+            "s",
+            "--max-inflight-body-bytes",
+            "4MiB",
+            "--body-read-timeout",
+            "3s",
+            "--shutdown-delay",
+            "5s",
+            "--dead-letter-max-bytes",
+            "1MiB",
+        ])
+        .unwrap();
+        let config = cli.run.into_config().unwrap().config;
+        assert_eq!(config.max_inflight_body_bytes, 4 << 20);
+        assert_eq!(config.body_read_timeout, Duration::from_secs(3));
+        assert_eq!(config.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(config.dead_letter_max_bytes, 1 << 20);
+
+        // Every configuration mistake is a ConfigError (exit 2), with no secret in its text.
+        let missing = dir.path().join("missing");
+        let cases: [ErrorCase<'_>; 5] = [
+            (&["--segment-endpoint", "https://api.segment.io"], |e| {
+                matches!(e, ConfigError::MissingWriteKey)
+            }),
+            (&["--segment-write-key", "wk_in side_s3cr3t"], |e| {
+                matches!(e, ConfigError::InvalidWriteKey)
+            }),
+            (
+                &["--segment-write-key-file", missing.to_str().unwrap()],
+                |e| matches!(e, ConfigError::ReadFile { .. }),
+            ),
+            (&["--max-inflight-body-bytes", "512KiB"], |e| {
+                matches!(e, ConfigError::InflightBudget)
+            }),
+            (&["--max-body-bytes", "5GiB"], |e| {
+                matches!(e, ConfigError::BodyLimit)
+            }),
+        ];
+        for (args, expected) in cases {
+            let mut argv = vec!["seshn-segment-forwarder", "--webhook-secret", "s"];
+            argv.extend_from_slice(args);
+            let err = Cli::try_parse_from(&argv)
+                .unwrap()
+                .run
+                .into_config()
+                .unwrap_err();
+            assert!(expected(&err), "{args:?}: {err:?}");
+            assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        }
+        // A file: or stdout destination needs no key.
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "--webhook-secret",
+            "s",
+            "--segment-endpoint",
+            "-",
+        ])
+        .unwrap();
+        assert!(cli.run.into_config().is_ok());
+    }
+
+    #[test]
+    fn dead_letters_subcommand() {
+        let cli = Cli::try_parse_from([
+            "seshn-segment-forwarder",
+            "dead-letters",
+            "--spool-dir",
+            "/var/spool/x",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::DeadLetters { spool_dir }) if spool_dir == Path::new("/var/spool/x")
         ));
     }
 }

@@ -5,6 +5,7 @@
 //! - [`mapping`]: the pure, table-driven Seshn → Segment mapping (profiles `seed`, `spec`).
 //! - [`spool`]: the durable redb spool with group commit.
 //! - [`sender`]: drains the spool to Segment.
+//! - [`split`]: isolates the messages Segment refuses (shared by both modes).
 //! - [`synchronous`]: the stateless mode.
 //! - [`app`] / [`config`]: wiring and the command line.
 
@@ -14,5 +15,6 @@ pub mod http;
 pub mod mapping;
 pub mod metrics;
 pub mod sender;
+pub mod split;
 pub mod spool;
 pub mod synchronous;

@@ -9,18 +9,34 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::TrackingPlan { profile }) = cli.command {
-        let plan = tracking_plan(profile);
-        match serde_json::to_string_pretty(&plan) {
-            Ok(text) => {
-                println!("{text}");
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+    match cli.command {
+        Some(Command::TrackingPlan { profile }) => {
+            let plan = tracking_plan(profile);
+            return match serde_json::to_string_pretty(&plan) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
+        Some(Command::DeadLetters { spool_dir }) => {
+            let mut out = std::io::stdout().lock();
+            return match forwarder::spool::dump_dead_letters(&spool_dir, &mut out) {
+                Ok(count) => {
+                    eprintln!("{count} dead letter(s)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     init_logging(cli.run.log_format, &cli.run.log_filter);
     let resolved = match cli.run.into_config() {

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +38,10 @@ pub enum Outcome {
     Timeout,
     /// 422 in synchronous mode: Segment refused it, or it is over 32 KB.
     Rejected,
+    /// 503: the budget of body bytes in flight (`--max-inflight-body-bytes`) is used up.
+    Overloaded,
+    /// 408: the body did not arrive within `--body-read-timeout`.
+    BodyTimeout,
 }
 
 impl Outcome {
@@ -50,6 +54,8 @@ impl Outcome {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Rejected => "rejected",
+            Self::Overloaded => "overloaded",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -85,8 +91,24 @@ pub struct Metrics {
     spool_bytes: Gauge,
     spool_max_bytes: Gauge,
     spool_commits: Counter,
+    dead_letter_count: Gauge,
+    dead_letter_bytes: Gauge,
+    dead_letters_dropped: Counter,
+    delivery_blocked: Gauge,
+    delivery_blocked_status: Gauge,
+    blocked: AtomicBool,
+    inflight_body_bytes: Gauge,
     ready: Gauge,
     extra_events: Mutex<HashSet<String>>,
+}
+
+/// Values read at scrape time from the spool and the HTTP front (nothing on the hot path).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot<'a> {
+    /// The spool's counters and its bound (spooled mode).
+    pub spool: Option<(&'a SpoolStats, u64)>,
+    /// Body bytes reserved by requests in flight.
+    pub inflight_body_bytes: u64,
 }
 
 impl Default for Metrics {
@@ -114,7 +136,8 @@ impl Metrics {
         let batches = Family::<ResultLabels, Counter>::default();
         registry.register(
             "batches",
-            "Batches sent to Segment by final result (accepted, rejected, abandoned at shutdown)",
+            "Batch requests to Segment by result (accepted, rejected, blocked, abandoned at \
+             shutdown, timeout in synchronous mode)",
             batches.clone(),
         );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
@@ -165,6 +188,44 @@ impl Metrics {
             "Durable spool commits (each shared by every request waiting at the time)",
             spool_commits.clone(),
         );
+        let dead_letter_count = Gauge::default();
+        registry.register(
+            "dead_letter_messages",
+            "Messages kept in the dead-letter table",
+            dead_letter_count.clone(),
+        );
+        let dead_letter_bytes = Gauge::default();
+        registry.register(
+            "dead_letter_bytes",
+            "Bytes of the dead-letter table (counted against --dead-letter-max-bytes)",
+            dead_letter_bytes.clone(),
+        );
+        let dead_letters_dropped = Counter::default();
+        registry.register(
+            "dead_letters_dropped",
+            "Oldest dead letters deleted to keep the table within --dead-letter-max-bytes",
+            dead_letters_dropped.clone(),
+        );
+        let delivery_blocked = Gauge::default();
+        registry.register(
+            "delivery_blocked",
+            "1 while Segment answers with a configuration error (401, 403, 404, 3xx, 501, 505, \
+             other 4xx): events are kept and retried until the write key or endpoint is fixed",
+            delivery_blocked.clone(),
+        );
+        let delivery_blocked_status = Gauge::default();
+        registry.register(
+            "delivery_blocked_status",
+            "The HTTP status that blocks delivery, 0 when not blocked",
+            delivery_blocked_status.clone(),
+        );
+        let inflight_body_bytes = Gauge::default();
+        registry.register(
+            "inflight_body_bytes",
+            "Webhook body bytes reserved by requests in flight (bounded by \
+             --max-inflight-body-bytes)",
+            inflight_body_bytes.clone(),
+        );
         let ready = Gauge::default();
         registry.register("ready", "1 while /readyz answers 200", ready.clone());
         Self {
@@ -180,6 +241,13 @@ impl Metrics {
             spool_bytes,
             spool_max_bytes,
             spool_commits,
+            dead_letter_count,
+            dead_letter_bytes,
+            dead_letters_dropped,
+            delivery_blocked,
+            delivery_blocked_status,
+            blocked: AtomicBool::new(false),
+            inflight_body_bytes,
             ready,
             extra_events: Mutex::new(HashSet::new()),
         }
@@ -257,25 +325,74 @@ impl Metrics {
         self.ready.set(i64::from(ready));
     }
 
-    /// Renders the text exposition, refreshing the spool gauges first.
-    pub fn render(&self, spool: Option<(&SpoolStats, u64)>) -> String {
-        if let Some((stats, max_bytes)) = spool {
-            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    /// Records the outcome of one delivery attempt: raises `delivery_blocked` while Segment
+    /// answers with a configuration error and lowers it on any other answer, logging each
+    /// change once (status only: no secret, no content).
+    pub fn attempt(&self, outcome: Result<(), &segment::SendError>) {
+        match outcome {
+            Err(e) if e.is_blocked() => {
+                self.batch("blocked");
+                let status = e.status().unwrap_or_default();
+                self.delivery_blocked_status.set(i64::from(status));
+                self.delivery_blocked.set(1);
+                if !self.blocked.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        status,
+                        error = %e,
+                        "DELIVERY BLOCKED: Segment refuses our requests; events stay in the \
+                         spool (or get 503 in synchronous mode) until the write key or \
+                         endpoint is fixed"
+                    );
+                }
+            }
+            _ => {
+                if self.blocked.swap(false, Ordering::AcqRel) {
+                    self.delivery_blocked.set(0);
+                    self.delivery_blocked_status.set(0);
+                    tracing::warn!("delivery unblocked: Segment answers normally again");
+                }
+            }
+        }
+    }
+
+    /// Whether the last attempt was answered with a configuration error.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// Renders the text exposition, refreshing the scrape-time gauges first.
+    pub fn render(&self, snapshot: Snapshot<'_>) -> String {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some((stats, max_bytes)) = snapshot.spool {
             self.spool_depth
                 .set(clamp(stats.depth.load(Ordering::Relaxed)));
             self.spool_bytes
                 .set(clamp(stats.bytes.load(Ordering::Relaxed)));
             self.spool_max_bytes.set(clamp(max_bytes));
-            let commits = stats.commits.load(Ordering::Relaxed);
-            let seen = self.spool_commits.get();
-            if commits > seen {
-                self.spool_commits.inc_by(commits - seen);
-            }
+            self.dead_letter_count
+                .set(clamp(stats.dead_letters.load(Ordering::Relaxed)));
+            self.dead_letter_bytes
+                .set(clamp(stats.dead_letter_bytes.load(Ordering::Relaxed)));
+            catch_up(&self.spool_commits, stats.commits.load(Ordering::Relaxed));
+            catch_up(
+                &self.dead_letters_dropped,
+                stats.dead_letters_dropped.load(Ordering::Relaxed),
+            );
         }
+        self.inflight_body_bytes
+            .set(clamp(snapshot.inflight_body_bytes));
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Advances a counter mirroring a monotonic total kept elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 
@@ -295,7 +412,7 @@ mod tests {
             m.received(Some(&format!("custom.{i}")), Outcome::Accepted);
         }
         m.signature_failure("mismatch");
-        let text = m.render(None);
+        let text = m.render(Snapshot::default());
         assert!(text.contains(
             r#"seshn_forwarder_webhooks_received_total{event="booking.created",outcome="accepted"} 1"#
         ));
@@ -306,5 +423,47 @@ mod tests {
             r#"seshn_forwarder_webhooks_received_total{event="other",outcome="accepted"} 36"#
         ));
         assert!(text.contains(r#"seshn_forwarder_signature_failures_total{reason="mismatch"} 1"#));
+    }
+
+    #[test]
+    fn blocked_gauge_follows_the_last_answer() {
+        let m = Metrics::new();
+        let blocked = segment::SendError::Blocked {
+            status: 401,
+            reason: "HTTP 401 Unauthorized".into(),
+        };
+        let transient = segment::SendError::Retryable {
+            status: Some(503),
+            retry_after: None,
+            reason: "HTTP 503".into(),
+        };
+        let sample = |m: &Metrics, name: &str| -> Option<f64> {
+            m.render(Snapshot::default())
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        m.attempt(Err(&blocked));
+        m.attempt(Err(&blocked));
+        assert!(m.is_blocked());
+        assert_eq!(sample(&m, "seshn_forwarder_delivery_blocked "), Some(1.0));
+        assert_eq!(
+            sample(&m, "seshn_forwarder_delivery_blocked_status "),
+            Some(401.0)
+        );
+        assert_eq!(
+            sample(&m, r#"seshn_forwarder_batches_total{result="blocked"}"#),
+            Some(2.0)
+        );
+        // Any other answer (even a transient failure) means the configuration works again.
+        m.attempt(Err(&transient));
+        assert!(!m.is_blocked());
+        assert_eq!(sample(&m, "seshn_forwarder_delivery_blocked "), Some(0.0));
+        assert_eq!(
+            sample(&m, "seshn_forwarder_delivery_blocked_status "),
+            Some(0.0)
+        );
+        m.attempt(Err(&blocked));
+        m.attempt(Ok(()));
+        assert!(!m.is_blocked());
     }
 }

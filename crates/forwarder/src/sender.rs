@@ -2,22 +2,26 @@
 //!
 //! One batch is in flight at a time, so messages reach Segment in arrival order. While a batch is
 //! out, new messages pile up in the spool and form the next batch, so batches grow with the load.
-//! A delivered batch is removed from the spool; a batch Segment rejects (4xx) and any message too
-//! large to ever send go to the dead letters and are never resent.
+//! A delivered batch is removed from the spool. A batch Segment refuses (400, 413) is bisected
+//! until the refused messages stand alone ([`crate::split`]); only those, and any message too
+//! large to ever send or unreadable, go to the dead letters. A configuration error (401, 403,
+//! 404, 3xx, ...) dead-letters nothing: the batch is retried with capped backoff and
+//! `seshn_forwarder_delivery_blocked` is 1 until the write key or endpoint is fixed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use segment::{
-    Client, DeliveryError, Limits, PushError, RawMessage, RetryPolicy, send_with_retries,
+    Client, DeliveryError, Limits, PushError, RawMessage, RetryPolicy, send_with_retries_observed,
 };
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::spool::{DeadReason, Pos, Spool, Spooled};
+use crate::split::{Bisection, Fate};
+use crate::spool::{DeadReason, Pos, Spool, Spooled, dead_record};
 
 /// How long the sender sleeps when idle before looking at the spool again (a safety net: it is
 /// normally woken by the spool after each commit).
@@ -57,6 +61,7 @@ pub enum Drained {
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     key: u64,
+    index: u32,
     received_micros: u64,
     last_in_entry: bool,
     entry_messages: u64,
@@ -84,6 +89,7 @@ impl From<Spooled> for Pending {
     fn from(item: Spooled) -> Self {
         let meta = Meta {
             key: item.pos.key,
+            index: item.pos.index,
             received_micros: item.received_micros,
             last_in_entry: item.last_in_entry,
             entry_messages: item.entry_messages,
@@ -160,10 +166,11 @@ pub async fn run(
         // leaves the buffer this round (sent or dead-lettered): it tells which entries are done.
         let mut taken: Vec<Meta> = Vec::new();
         let mut processed: Vec<Meta> = Vec::new();
-        let mut dead: Vec<Vec<u8>> = Vec::new();
+        let mut oversize: Vec<Vec<u8>> = Vec::new();
+        let mut corrupt: Vec<Meta> = Vec::new();
         while let Some(Pending { meta, raw }) = buffer.pop_front() {
             let Some(raw) = raw else {
-                dead.push(Vec::new());
+                corrupt.push(meta);
                 processed.push(meta);
                 continue;
             };
@@ -173,7 +180,7 @@ pub async fn run(
                     processed.push(meta);
                 }
                 Err(PushError::Oversize(raw)) => {
-                    dead.push(raw.get().as_bytes().to_vec());
+                    oversize.push(dead_record(meta.received_micros, raw.get().as_bytes()));
                     processed.push(meta);
                 }
                 Err(PushError::Full(raw)) => {
@@ -185,81 +192,135 @@ pub async fn run(
                 }
             }
         }
-        if !dead.is_empty() {
-            metrics.dead_letters(DeadReason::Oversize.as_str(), dead.len() as u64);
+        if !oversize.is_empty() {
+            metrics.dead_letters(DeadReason::Oversize.as_str(), oversize.len() as u64);
             tracing::warn!(
-                count = dead.len(),
-                "dead-lettered messages that can never be sent"
+                count = oversize.len(),
+                "dead-lettered messages over Segment's 32 KB limit"
             );
-            spool.dead_letter(dead, DeadReason::Oversize);
+            spool.dead_letter(oversize, DeadReason::Oversize);
+        }
+        if !corrupt.is_empty() {
+            metrics.dead_letters(DeadReason::Corrupt.as_str(), corrupt.len() as u64);
+            tracing::error!(
+                count = corrupt.len(),
+                "dead-lettered spool records that do not read back as JSON"
+            );
+            let records = raw_records(&spool, &corrupt).await;
+            spool.dead_letter(records, DeadReason::Corrupt);
         }
         let batch = builder.take();
         if batch.is_empty() {
             finish(&spool, &processed);
             continue;
         }
-        match deliver(&client, &batch, &config.retry, &mut drain).await {
-            Ok(attempts) => {
-                metrics.batch("accepted");
-                metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
-                let now = SystemTime::now();
-                metrics.delivered(taken.iter().map(|t| t.age(now)));
-                finish(&spool, &processed);
-            }
-            Err(DeliveryError::Rejected {
-                status, attempts, ..
-            }) => {
-                metrics.batch("rejected");
-                metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
-                metrics.dead_letters(DeadReason::Rejected.as_str(), taken.len() as u64);
-                tracing::error!(
-                    status,
-                    messages = taken.len(),
-                    "Segment rejected a batch; its messages are dead-lettered"
-                );
-                spool.dead_letter(
-                    batch.iter().map(|m| m.get().as_bytes().to_vec()).collect(),
-                    DeadReason::Rejected,
-                );
-                finish(&spool, &processed);
-            }
-            Err(DeliveryError::DeadlineExceeded { attempts, .. }) => {
-                metrics.batch("abandoned");
-                metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
-                tracing::warn!(
-                    messages = taken.len(),
-                    "shutdown deadline reached; undelivered messages stay in the spool"
-                );
-                return Drained::DeadlineReached;
-            }
+        let mut bisection = Bisection::new(batch.len());
+        while let Some(range) = bisection.next_range() {
+            let result = deliver(
+                &client,
+                &batch[range.clone()],
+                &config.retry,
+                &mut drain,
+                &metrics,
+            )
+            .await;
+            let (result_label, attempts) = match &result {
+                Ok(attempts) => ("accepted", *attempts),
+                Err(e @ DeliveryError::Rejected { .. }) => ("rejected", e.attempts()),
+                Err(e @ DeliveryError::DeadlineExceeded { .. }) => ("abandoned", e.attempts()),
+            };
+            metrics.batch(result_label);
+            metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
+            bisection.record(range, &result);
         }
+        let isolated = bisection.finish();
+        let now = SystemTime::now();
+        metrics.delivered(
+            taken
+                .iter()
+                .zip(&isolated.fates)
+                .filter(|(_, fate)| **fate == Fate::Delivered)
+                .map(|(meta, _)| meta.age(now)),
+        );
+        if isolated.deadline.is_some() {
+            tracing::warn!(
+                messages = taken.len(),
+                "shutdown deadline reached; undelivered messages stay in the spool"
+            );
+            return Drained::DeadlineReached;
+        }
+        let refused: Vec<Vec<u8>> = isolated
+            .refused()
+            .map(|i| dead_record(taken[i].received_micros, batch[i].get().as_bytes()))
+            .collect();
+        if !refused.is_empty() {
+            metrics.dead_letters(DeadReason::Rejected.as_str(), refused.len() as u64);
+            tracing::error!(
+                refused = refused.len(),
+                delivered = batch.len() - refused.len(),
+                "Segment refused messages (400/413); only those are dead-lettered"
+            );
+            spool.dead_letter(refused, DeadReason::Rejected);
+        }
+        finish(&spool, &processed);
     }
 }
 
 /// Sends one batch: retries forever until a drain deadline is set, then until that deadline.
+/// Every attempt's outcome feeds the "delivery blocked" gauge.
 async fn deliver(
     client: &Client,
     batch: &[RawMessage],
     retry: &RetryPolicy,
     drain: &mut DrainSignal,
+    metrics: &Metrics,
 ) -> Result<u32, DeliveryError> {
+    let observe = |outcome: Result<(), &segment::SendError>| metrics.attempt(outcome);
     loop {
         let deadline = *drain.borrow_and_update();
         if deadline.is_some() {
-            return send_with_retries(client, batch, retry, deadline).await;
+            return send_with_retries_observed(client, batch, retry, deadline, observe).await;
         }
         tokio::select! {
-            result = send_with_retries(client, batch, retry, None) => return result,
+            result = send_with_retries_observed(client, batch, retry, None, observe) => return result,
             // Shutdown began: restart the delivery with the deadline (an attempt cut short is
             // harmless, message ids make any duplicate disappear at Segment).
             changed = drain.changed() => {
                 if changed.is_err() {
                     // The signal's owner is gone: nobody will ever set a deadline.
-                    return send_with_retries(client, batch, retry, None).await;
+                    return send_with_retries_observed(client, batch, retry, None, observe).await;
                 }
             }
         }
     }
+}
+
+/// The exact stored bytes of unreadable records, for the dead letters (rare: off the hot path).
+async fn raw_records(spool: &Spool, metas: &[Meta]) -> Vec<Vec<u8>> {
+    let spool = spool.clone();
+    let wanted: Vec<(Pos, u64)> = metas
+        .iter()
+        .map(|m| {
+            (
+                Pos {
+                    key: m.key,
+                    index: m.index,
+                },
+                m.received_micros,
+            )
+        })
+        .collect();
+    let read = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(pos, micros)| match spool.record(pos) {
+                Ok(Some((micros, bytes))) => dead_record(micros, &bytes),
+                // Unreadable even now: keep what is known (its receive time).
+                Ok(None) | Err(_) => dead_record(micros, &[]),
+            })
+            .collect()
+    });
+    read.await.unwrap_or_default()
 }
 
 /// Removes the entries whose last message was just processed. Messages leave the buffer in

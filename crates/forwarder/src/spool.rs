@@ -16,8 +16,10 @@
 //! each as a record `[received_at: u64 LE unix µs][length: u32 LE][message JSON]`. One B-tree
 //! insert per commit instead of one per message halves the spool's CPU cost per request. A
 //! message is addressed by its [`Pos`] (entry key, index in the entry); an entry is removed once
-//! all its messages are delivered or dead-lettered. Table `dead_letters` holds messages that must
-//! never be sent (over 32 KB, or rejected by Segment with a 4xx).
+//! all its messages are delivered or dead-lettered. Table `dead_letters` (`u64` key → (reason,
+//! record)) holds messages that must never be sent (over 32 KB, refused by Segment with 400/413,
+//! or unreadable); it is bounded by [`SpoolOptions::dead_letter_max_bytes`], the oldest dead
+//! letters making room for new ones. [`dump_dead_letters`] prints them as JSON lines.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,7 +44,9 @@ pub const MESSAGE_OVERHEAD: u64 = 16;
 /// Most operations applied in one commit; bounds the transaction's memory.
 const MAX_GROUP: usize = 4096;
 /// Removals of delivered messages do not need a commit of their own: they ride along with the
-/// next group of appends, or are committed after this long without one.
+/// next group of appends, or are committed at the latest this long after the first of them
+/// (a deadline, not an idle timeout: a sender draining a backlog removes entries every few
+/// milliseconds, and their space must still be freed promptly).
 const LAZY_COMMIT: Duration = Duration::from_millis(100);
 /// Pending removals that force a commit even without appends.
 const MAX_LAZY: usize = 1024;
@@ -51,10 +55,17 @@ const MAX_LAZY: usize = 1024;
 const GROUP_WAIT: Duration = Duration::from_millis(1);
 /// Size of a record's header (receive time, length).
 const HEADER: usize = 12;
+/// Bytes counted per dead letter on top of its record and reason (key, B-tree overhead).
+pub const DEAD_LETTER_OVERHEAD: u64 = 24;
 
 /// Bytes a message of `len` JSON bytes counts against the bound.
 pub fn message_cost(len: usize) -> u64 {
     (len + HEADER) as u64 + MESSAGE_OVERHEAD
+}
+
+/// Bytes a dead letter counts against the dead-letter bound.
+fn dead_letter_cost(reason: &str, value: &[u8]) -> u64 {
+    (reason.len() + value.len()) as u64 + DEAD_LETTER_OVERHEAD
 }
 
 /// Why a spool operation failed. Texts hold no message content.
@@ -86,7 +97,7 @@ fn storage<E: Into<redb::Error>>(e: E) -> SpoolError {
 pub enum DeadReason {
     /// Larger than Segment's 32 KB per-message limit.
     Oversize,
-    /// Segment refused the batch holding it with a non-retryable status.
+    /// Segment refused it (400 or 413), alone in its batch.
     Rejected,
     /// The stored entry could not be read back as JSON (should never happen).
     Corrupt,
@@ -114,6 +125,9 @@ pub struct SpoolOptions {
     pub max_message_bytes: usize,
     /// redb page cache size; bounds the store's memory.
     pub cache_bytes: usize,
+    /// Bound on the bytes of the dead-letter table; the oldest dead letters are deleted
+    /// beyond it (counted in [`SpoolStats::dead_letters_dropped`]).
+    pub dead_letter_max_bytes: u64,
 }
 
 /// Counters and gauges of the spool (read by `/metrics`).
@@ -125,10 +139,19 @@ pub struct SpoolStats {
     pub depth: AtomicU64,
     /// Messages in the dead-letter table.
     pub dead_letters: AtomicU64,
+    /// Bytes of the dead-letter table (see [`SpoolOptions::dead_letter_max_bytes`]).
+    pub dead_letter_bytes: AtomicU64,
+    /// Dead letters deleted to stay within the bound, since the spool was opened.
+    pub dead_letters_dropped: AtomicU64,
+    /// Commits that failed (disk full, I/O error), since the spool was opened.
+    pub commit_failures: AtomicU64,
     /// Write transactions committed.
     pub commits: AtomicU64,
     /// Appends (requests) made durable.
     pub appends: AtomicU64,
+    /// Tests: the next this many commits fail as if the disk had.
+    #[cfg(test)]
+    fail_commits: AtomicU64,
 }
 
 /// Where a message sits in the spool: its entry (one per commit) and its index there.
@@ -203,10 +226,22 @@ enum Op {
         count: u64,
     },
     Dead {
-        messages: Vec<Vec<u8>>,
+        /// Encoded records (see [`dead_record`]).
+        records: Vec<Vec<u8>>,
         reason: DeadReason,
     },
     Shutdown,
+    /// Tests: makes the writer thread panic, as a bug would.
+    #[cfg(test)]
+    Crash,
+}
+
+/// A dead letter's stored form: the spool's record layout (receive time, length, bytes), so the
+/// receive time is kept for inspection and replay.
+pub fn dead_record(received_micros: u64, message: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(HEADER + message.len());
+    encode_record(&mut record, received_micros, message);
+    record
 }
 
 /// Appends one record to `out`.
@@ -247,7 +282,18 @@ struct Shared {
     max_bytes: u64,
     max_message_bytes: usize,
     closed: AtomicBool,
+    /// False once the writer thread ended (shutdown, or a panic: then nothing can be spooled).
+    writer_alive: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Clears the writer's liveness flag when the thread ends, also by unwinding from a panic.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Handle to the spool; cheap to clone.
@@ -276,16 +322,34 @@ impl Spool {
         let db = open_db(&path, options.cache_bytes)?;
         let stats = Arc::new(SpoolStats::default());
         let next_key = recover(&db, &stats)?;
+        if stats.dead_letters.load(Ordering::Acquire) > 0 {
+            tracing::warn!(
+                dead_letters = stats.dead_letters.load(Ordering::Acquire),
+                "the spool holds dead letters (see `seshn-segment-forwarder dead-letters`)"
+            );
+        }
         let db = Arc::new(db);
         let notify = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel();
+        let writer_alive = Arc::new(AtomicBool::new(true));
         let writer = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
             let notify = Arc::clone(&notify);
+            let guard = AliveGuard(Arc::clone(&writer_alive));
+            let dead_letter_max_bytes = options.dead_letter_max_bytes;
             std::thread::Builder::new()
                 .name("spool-writer".into())
-                .spawn(move || writer_loop(&db, &stats, &notify, &rx, next_key))
+                .spawn(move || {
+                    let _guard = guard;
+                    let writer = Writer {
+                        db: &db,
+                        stats: &stats,
+                        notify: &notify,
+                        dead_letter_max_bytes,
+                    };
+                    writer.run(&rx, next_key);
+                })
                 .map_err(|e| SpoolError::Storage(format!("starting the writer: {}", e.kind())))?
         };
         Ok(Self {
@@ -297,6 +361,7 @@ impl Spool {
                 max_bytes: options.max_bytes,
                 max_message_bytes: options.max_message_bytes,
                 closed: AtomicBool::new(false),
+                writer_alive,
                 writer: Mutex::new(Some(writer)),
             }),
         })
@@ -310,6 +375,18 @@ impl Spool {
     /// The configured bound.
     pub fn max_bytes(&self) -> u64 {
         self.shared.max_bytes
+    }
+
+    /// Whether the writer thread runs. False after [`Spool::close`], and when it died: then
+    /// nothing can be spooled until the process restarts.
+    pub fn writer_alive(&self) -> bool {
+        self.shared.writer_alive.load(Ordering::Acquire)
+    }
+
+    /// Whether the writer thread ended without [`Spool::close`] (a bug or a panic in the store):
+    /// every append fails from now on.
+    pub fn writer_died(&self) -> bool {
+        !self.writer_alive() && !self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Woken after every commit that added messages.
@@ -441,8 +518,45 @@ impl Spool {
     }
 
     /// Copies messages into the dead letters (their entries are removed with [`Spool::remove`]).
-    pub fn dead_letter(&self, messages: Vec<Vec<u8>>, reason: DeadReason) {
-        let _ = self.shared.tx.send(Op::Dead { messages, reason });
+    /// `records` are encoded with [`dead_record`].
+    pub fn dead_letter(&self, records: Vec<Vec<u8>>, reason: DeadReason) {
+        let _ = self.shared.tx.send(Op::Dead { records, reason });
+    }
+
+    /// The exact stored bytes of one message, e.g. to dead-letter a record that does not read
+    /// back as JSON without losing anything. `None` if it is gone. Blocking.
+    pub fn record(&self, pos: Pos) -> Result<Option<(u64, Vec<u8>)>, SpoolError> {
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(SPOOL) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        let Some(entry) = table.get(pos.key).map_err(storage)? else {
+            return Ok(None);
+        };
+        Ok(decode_records(entry.value())
+            .nth(pos.index as usize)
+            .map(|(micros, json)| (micros, json.to_vec())))
+    }
+
+    /// Tests: the next `n` commits fail as if the disk had.
+    #[cfg(test)]
+    fn fail_next_commits(&self, n: u64) {
+        self.shared.stats.fail_commits.store(n, Ordering::Release);
+    }
+
+    /// Tests: kills the writer thread as a panic would.
+    #[cfg(test)]
+    pub(crate) fn crash_writer(&self) {
+        let _ = self.shared.tx.send(Op::Crash);
+        for _ in 0..500 {
+            if !self.writer_alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the writer did not stop");
     }
 
     /// Number of dead letters by reading the table (tests and diagnostics).
@@ -515,6 +629,13 @@ fn recover(db: &Database, stats: &SpoolStats) -> Result<u64, SpoolError> {
             stats
                 .dead_letters
                 .store(dead.len().map_err(storage)?, Ordering::Release);
+            let mut bytes = 0;
+            for item in dead.iter().map_err(storage)? {
+                let (_, value) = item.map_err(storage)?;
+                let (reason, record) = value.value();
+                bytes += dead_letter_cost(reason, record);
+            }
+            stats.dead_letter_bytes.store(bytes, Ordering::Release);
             if let Some((key, _)) = dead.last().map_err(storage)? {
                 next = next.max(key.value() + 1);
             }
@@ -525,203 +646,382 @@ fn recover(db: &Database, stats: &SpoolStats) -> Result<u64, SpoolError> {
     Ok(next)
 }
 
-fn writer_loop(
-    db: &Database,
-    stats: &SpoolStats,
-    notify: &Notify,
-    rx: &mpsc::Receiver<Op>,
-    mut next_key: u64,
-) {
-    let mut ops: Vec<Op> = Vec::with_capacity(256);
-    let mut stop = false;
-    // Appends in the last group: how many requests are usually in flight together.
-    let mut expected = 1usize;
-    while !stop {
-        // Removals alone may wait (LAZY_COMMIT); anything else is committed at once.
-        let first = if ops.is_empty() {
-            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-        } else {
-            rx.recv_timeout(LAZY_COMMIT)
-        };
-        let mut forced = match first {
-            Ok(op) => {
-                ops.push(op);
-                false
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => true,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                stop = true;
-                true
-            }
-        };
-        // Group commit: take everything queued, then give the requests still in flight a moment
-        // to join. Under steady load the same clients come back every round, so the last group's
-        // size is a good guess of who is coming: wait (at most GROUP_WAIT) until that many
-        // appends are here. One commit (one fsync) then answers all of them, instead of several
-        // small commits whose fixed CPU cost would dominate.
-        let waited = std::time::Instant::now();
-        loop {
-            while ops.len() < MAX_GROUP {
-                match rx.try_recv() {
+/// The writer thread's view of the store.
+struct Writer<'a> {
+    db: &'a Database,
+    stats: &'a SpoolStats,
+    notify: &'a Notify,
+    dead_letter_max_bytes: u64,
+}
+
+impl Writer<'_> {
+    fn run(&self, rx: &mpsc::Receiver<Op>, mut next_key: u64) {
+        let mut ops: Vec<Op> = Vec::with_capacity(256);
+        let mut stop = false;
+        // Appends in the last group: how many requests are usually in flight together.
+        let mut expected = 1usize;
+        // When the oldest operation still waiting in `ops` (removals, or work kept from a
+        // failed commit) must be committed at the latest.
+        let mut flush_by: Option<std::time::Instant> = None;
+        while !stop {
+            // Removals alone may wait (until `flush_by`); anything else is committed at once.
+            let first = match flush_by {
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(at) => {
+                    rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now()))
+                }
+            };
+            let mut forced = match first {
+                Ok(op) => {
+                    ops.push(op);
+                    false
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    stop = true;
+                    true
+                }
+            };
+            // Group commit: take everything queued, then give the requests still in flight a
+            // moment to join. Under steady load the same clients come back every round, so the
+            // last group's size is a good guess of who is coming: wait (at most GROUP_WAIT) until
+            // that many appends are here. One commit (one fsync) then answers all of them,
+            // instead of several small commits whose fixed CPU cost would dominate.
+            let waited = std::time::Instant::now();
+            loop {
+                while ops.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(op) => ops.push(op),
+                        Err(_) => break,
+                    }
+                }
+                let appends = ops
+                    .iter()
+                    .filter(|op| matches!(op, Op::Append { .. }))
+                    .count();
+                let elapsed = waited.elapsed();
+                if appends == 0
+                    || appends >= expected
+                    || ops.len() >= MAX_GROUP
+                    || elapsed >= GROUP_WAIT
+                    || ops.iter().any(|op| matches!(op, Op::Shutdown))
+                {
+                    break;
+                }
+                match rx.recv_timeout(GROUP_WAIT.saturating_sub(elapsed)) {
                     Ok(op) => ops.push(op),
                     Err(_) => break,
                 }
+            }
+            #[cfg(test)]
+            assert!(
+                !ops.iter().any(|op| matches!(op, Op::Crash)),
+                "spool writer crash requested by a test"
+            );
+            let urgent = ops
+                .iter()
+                .any(|op| matches!(op, Op::Append { .. } | Op::Shutdown));
+            stop |= ops.iter().any(|op| matches!(op, Op::Shutdown));
+            forced |=
+                ops.len() >= MAX_LAZY || flush_by.is_some_and(|at| std::time::Instant::now() >= at);
+            if ops.is_empty() {
+                flush_by = None;
+                continue;
+            }
+            if !(urgent || forced || stop) {
+                // Only removals or dead letters: they may wait, but not past the deadline set
+                // by the first of them.
+                flush_by.get_or_insert_with(|| std::time::Instant::now() + LAZY_COMMIT);
+                continue;
             }
             let appends = ops
                 .iter()
                 .filter(|op| matches!(op, Op::Append { .. }))
                 .count();
-            let elapsed = waited.elapsed();
-            if appends == 0
-                || appends >= expected
-                || ops.len() >= MAX_GROUP
-                || elapsed >= GROUP_WAIT
-                || ops.iter().any(|op| matches!(op, Op::Shutdown))
-            {
-                break;
+            if appends > 0 {
+                expected = appends.max(1);
             }
-            match rx.recv_timeout(GROUP_WAIT.saturating_sub(elapsed)) {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+            let start_key = next_key;
+            let outcome = self.commit_group(&ops, &mut next_key);
+            self.settle(
+                &mut ops,
+                outcome.as_ref().map(|_| ()),
+                start_key,
+                &mut next_key,
+            );
+            match outcome {
+                Ok(effect) => {
+                    self.stats
+                        .dead_letters
+                        .fetch_add(effect.dead_letters, Ordering::AcqRel);
+                    self.stats
+                        .dead_letters
+                        .fetch_sub(effect.dropped, Ordering::AcqRel);
+                    self.stats
+                        .dead_letter_bytes
+                        .store(effect.dead_letter_bytes, Ordering::Release);
+                    self.stats
+                        .dead_letters_dropped
+                        .fetch_add(effect.dropped, Ordering::AcqRel);
+                    if effect.dropped > 0 {
+                        tracing::warn!(
+                            dropped = effect.dropped,
+                            "dead-letter table over its bound: the oldest dead letters were \
+                             deleted"
+                        );
+                    }
+                    flush_by = None;
+                }
+                Err(_) => {
+                    // Kept removals and dead letters are retried after a pause, with or
+                    // without new appends.
+                    flush_by = Some(std::time::Instant::now() + LAZY_COMMIT);
+                }
             }
         }
-        let urgent = ops
-            .iter()
-            .any(|op| matches!(op, Op::Append { .. } | Op::Dead { .. } | Op::Shutdown));
-        stop |= ops.iter().any(|op| matches!(op, Op::Shutdown));
-        forced |= ops.len() >= MAX_LAZY;
-        if !(urgent || forced || stop) || ops.is_empty() {
-            continue;
+        // Whatever arrived after the shutdown op is refused.
+        while let Ok(op) = rx.try_recv() {
+            if let Op::Append { cost, reply, .. } = op {
+                self.stats.bytes.fetch_sub(cost, Ordering::AcqRel);
+                let _ = reply.send(Err(SpoolError::Closed));
+            }
         }
-        let appends = ops
-            .iter()
-            .filter(|op| matches!(op, Op::Append { .. }))
-            .count();
-        if appends > 0 {
-            expected = appends.max(1);
-        }
-        let start_key = next_key;
-        let outcome = commit_group(db, &ops, &mut next_key);
-        // Counters first, answers second: whoever sees a 2xx also sees the new depth.
-        match &outcome {
-            Ok(effect) => {
+    }
+
+    /// Applies a commit's outcome to the counters and answers the waiting appends. Counters
+    /// first, answers second: whoever sees a 2xx also sees the new depth. After a failure,
+    /// removals and dead letters stay in `ops` to be retried: dropping them would leave their
+    /// bytes counted against the bound until a restart (503s for nothing).
+    fn settle(
+        &self,
+        ops: &mut Vec<Op>,
+        outcome: Result<(), &SpoolError>,
+        start_key: u64,
+        next_key: &mut u64,
+    ) {
+        let stats = self.stats;
+        match outcome {
+            Ok(()) => {
                 let mut added = 0u64;
                 let mut appends = 0u64;
-                for op in &ops {
+                for op in ops.iter() {
                     if let Op::Append { messages, .. } = op {
                         added += messages;
                         appends += 1;
                     }
                 }
                 stats.depth.fetch_add(added, Ordering::AcqRel);
-                stats
-                    .dead_letters
-                    .fetch_add(effect.dead_letters, Ordering::AcqRel);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.appends.fetch_add(appends, Ordering::Relaxed);
                 if added > 0 {
-                    notify.notify_one();
+                    self.notify.notify_one();
+                }
+                for op in ops.drain(..) {
+                    match op {
+                        Op::Append { reply, .. } => {
+                            // The request may have gone away (client disconnected); the data
+                            // is committed and will be delivered anyway.
+                            let _ = reply.send(Ok(()));
+                        }
+                        Op::Remove { cost, count, .. } => {
+                            stats.bytes.fetch_sub(cost, Ordering::AcqRel);
+                            stats.depth.fetch_sub(count, Ordering::AcqRel);
+                        }
+                        // Dead letters are counted from the commit's effect.
+                        Op::Dead { .. } | Op::Shutdown => {}
+                        #[cfg(test)]
+                        Op::Crash => {}
+                    }
                 }
             }
             Err(e) => {
-                next_key = start_key;
+                *next_key = start_key;
+                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "spool: commit failed");
-            }
-        }
-        for op in ops.drain(..) {
-            match (op, &outcome) {
-                (Op::Append { reply, .. }, Ok(_)) => {
-                    // The request may have gone away (client disconnected); the data is
-                    // committed and will be delivered anyway.
-                    let _ = reply.send(Ok(()));
+                let mut kept = Vec::new();
+                for op in ops.drain(..) {
+                    match op {
+                        Op::Append { cost, reply, .. } => {
+                            // The reservation is released: nothing of it is on disk.
+                            stats.bytes.fetch_sub(cost, Ordering::AcqRel);
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        op @ (Op::Remove { .. } | Op::Dead { .. }) => kept.push(op),
+                        // Stop anyway: kept work is retried at the next start (same ids).
+                        Op::Shutdown => {}
+                        #[cfg(test)]
+                        Op::Crash => {}
+                    }
                 }
-                (Op::Append { cost, reply, .. }, Err(e)) => {
-                    stats.bytes.fetch_sub(cost, Ordering::AcqRel);
-                    let _ = reply.send(Err(e.clone()));
-                }
-                (Op::Remove { cost, count, .. }, Ok(_)) => {
-                    stats.bytes.fetch_sub(cost, Ordering::AcqRel);
-                    stats.depth.fetch_sub(count, Ordering::AcqRel);
-                }
-                (Op::Remove { .. } | Op::Dead { .. }, Err(e)) => {
-                    // The messages stay on disk and are resent after a restart (same ids).
-                    tracing::error!(error = %e, "spool: recording a delivery failed");
-                }
-                // Dead letters are counted from the commit's effect above.
-                (Op::Dead { .. }, Ok(_)) | (Op::Shutdown, _) => {}
+                *ops = kept;
             }
         }
     }
-    // Whatever arrived after the shutdown op is refused.
-    while let Ok(op) = rx.try_recv() {
-        if let Op::Append { cost, reply, .. } = op {
-            stats.bytes.fetch_sub(cost, Ordering::AcqRel);
-            let _ = reply.send(Err(SpoolError::Closed));
+
+    /// Applies a group of operations in one write transaction and commits it durably.
+    fn commit_group(&self, ops: &[Op], next_key: &mut u64) -> Result<Effect, SpoolError> {
+        #[cfg(test)]
+        if self
+            .stats
+            .fail_commits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(SpoolError::Storage("injected commit failure".into()));
         }
+        let mut effect = Effect {
+            dead_letter_bytes: self.stats.dead_letter_bytes.load(Ordering::Acquire),
+            ..Effect::default()
+        };
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        {
+            let mut spool = txn.open_table(SPOOL).map_err(storage)?;
+            let mut dead = txn.open_table(DEAD).map_err(storage)?;
+            let mut add_dead = |reason: DeadReason, record: &[u8], key: &mut u64| {
+                dead.insert(*key, (reason.as_str(), record))
+                    .map_err(storage)?;
+                *key += 1;
+                effect.dead_letters += 1;
+                effect.dead_letter_bytes += dead_letter_cost(reason.as_str(), record);
+                Ok::<(), SpoolError>(())
+            };
+            // Every append of the group goes into one entry: one B-tree insert per commit.
+            let size: usize = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Append { records, .. } => records.len(),
+                    _ => 0,
+                })
+                .sum();
+            let mut entry = Vec::with_capacity(size);
+            for op in ops {
+                match op {
+                    Op::Append {
+                        records,
+                        dead: oversize,
+                        ..
+                    } => {
+                        entry.extend_from_slice(records);
+                        for record in oversize {
+                            add_dead(DeadReason::Oversize, record, next_key)?;
+                        }
+                    }
+                    Op::Remove { upto, .. } => {
+                        spool.retain_in(0..=*upto, |_, _| false).map_err(storage)?;
+                    }
+                    Op::Dead { records, reason } => {
+                        for record in records {
+                            add_dead(*reason, record, next_key)?;
+                        }
+                    }
+                    Op::Shutdown => {}
+                    #[cfg(test)]
+                    Op::Crash => {}
+                }
+            }
+            // Keys only grow, so the first dead letters are the oldest: drop them first.
+            while effect.dead_letter_bytes > self.dead_letter_max_bytes {
+                let Some((_, value)) = dead.pop_first().map_err(storage)? else {
+                    break;
+                };
+                let (reason, record) = value.value();
+                effect.dead_letter_bytes = effect
+                    .dead_letter_bytes
+                    .saturating_sub(dead_letter_cost(reason, record));
+                effect.dropped += 1;
+            }
+            if !entry.is_empty() {
+                spool.insert(*next_key, entry.as_slice()).map_err(storage)?;
+                *next_key += 1;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(effect)
     }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Effect {
+    /// Dead letters added.
     dead_letters: u64,
+    /// Dead letters deleted to stay within the bound.
+    dropped: u64,
+    /// The dead-letter table's bytes after the commit.
+    dead_letter_bytes: u64,
 }
 
-/// Applies a group of operations in one write transaction and commits it durably.
-fn commit_group(db: &Database, ops: &[Op], next_key: &mut u64) -> Result<Effect, SpoolError> {
-    let mut effect = Effect::default();
-    let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(storage)?;
-    {
-        let mut spool = txn.open_table(SPOOL).map_err(storage)?;
-        let mut dead = txn.open_table(DEAD).map_err(storage)?;
-        // Every append of the group goes into one entry: one B-tree insert per commit.
-        let size: usize = ops
-            .iter()
-            .map(|op| match op {
-                Op::Append { records, .. } => records.len(),
-                _ => 0,
-            })
-            .sum();
-        let mut entry = Vec::with_capacity(size);
-        for op in ops {
-            match op {
-                Op::Append {
-                    records,
-                    dead: oversize,
-                    ..
-                } => {
-                    entry.extend_from_slice(records);
-                    for record in oversize {
-                        dead.insert(
-                            *next_key,
-                            (DeadReason::Oversize.as_str(), record.as_slice()),
-                        )
-                        .map_err(storage)?;
-                        *next_key += 1;
-                        effect.dead_letters += 1;
-                    }
-                }
-                Op::Remove { upto, .. } => {
-                    spool.retain_in(0..=*upto, |_, _| false).map_err(storage)?;
-                }
-                Op::Dead { messages, reason } => {
-                    for message in messages {
-                        dead.insert(*next_key, (reason.as_str(), message.as_slice()))
-                            .map_err(storage)?;
-                        *next_key += 1;
-                        effect.dead_letters += 1;
-                    }
-                }
-                Op::Shutdown => {}
-            }
+/// Why the dead letters could not be printed.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// A running forwarder holds the spool.
+    #[error(
+        "the spool is in use by a running forwarder: stop it first, or run this on a copy of \
+         spool.redb taken while it was stopped"
+    )]
+    InUse,
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Write(std::io::ErrorKind),
+}
+
+/// Prints every dead letter of the spool in `dir` as one JSON object per line, oldest first:
+/// `{"key":7,"reason":"rejected","receivedAt":"...","message":{...}}` (`message` is the exact
+/// Segment message; a record that is not JSON comes as `"text"` instead). Opens the store
+/// read-only, so it needs the forwarder stopped. Returns the number printed.
+pub fn dump_dead_letters(dir: &Path, out: &mut impl std::io::Write) -> Result<u64, DumpError> {
+    let path = dir.join(FILE_NAME);
+    let db = match Database::builder().open_read_only(&path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(DumpError::InUse),
+        Err(e) => return Err(storage(e).into()),
+    };
+    let txn = db.begin_read().map_err(storage)?;
+    let table = match txn.open_table(DEAD) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(storage(e).into()),
+    };
+    let mut count = 0;
+    for item in table.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let (reason, stored) = value.value();
+        // Records carry their receive time; older versions stored the bare message.
+        let (micros, bytes) = match decode_records(stored).next() {
+            Some((micros, json)) if json.len() + HEADER == stored.len() => (Some(micros), json),
+            _ => (None, stored),
+        };
+        let mut line = String::with_capacity(bytes.len() + 96);
+        line.push_str(r#"{"key":"#);
+        line.push_str(&key.value().to_string());
+        line.push_str(r#","reason":"#);
+        crate::mapping::push_json_string(&mut line, reason);
+        if let Some(micros) = micros {
+            let at = UNIX_EPOCH + Duration::from_micros(micros);
+            line.push_str(r#","receivedAt":""#);
+            line.push_str(&segment::rfc3339_millis(at));
+            line.push('"');
         }
-        if !entry.is_empty() {
-            spool.insert(*next_key, entry.as_slice()).map_err(storage)?;
-            *next_key += 1;
+        let json = std::str::from_utf8(bytes)
+            .ok()
+            .filter(|text| serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok());
+        if let Some(json) = json {
+            line.push_str(r#","message":"#);
+            line.push_str(json.trim());
+        } else {
+            line.push_str(r#","text":"#);
+            crate::mapping::push_json_string(&mut line, &String::from_utf8_lossy(bytes));
         }
+        line.push_str("}\n");
+        out.write_all(line.as_bytes())
+            .map_err(|e| DumpError::Write(e.kind()))?;
+        count += 1;
     }
-    txn.commit().map_err(storage)?;
-    Ok(effect)
+    out.flush().map_err(|e| DumpError::Write(e.kind()))?;
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -734,6 +1034,7 @@ mod tests {
             max_bytes,
             max_message_bytes: 100,
             cache_bytes: 1 << 20,
+            dead_letter_max_bytes: 1 << 20,
         }
     }
 
@@ -817,7 +1118,10 @@ mod tests {
         // The first entry is done; the second one's message is dead-lettered.
         spool.remove(read[1].pos.key, read[1].entry_cost, read[1].entry_messages);
         spool.dead_letter(
-            vec![read[2].json.clone().into_bytes()],
+            vec![dead_record(
+                read[2].received_micros,
+                read[2].json.as_bytes(),
+            )],
             DeadReason::Rejected,
         );
         settle(&spool, 1);
@@ -943,6 +1247,178 @@ mod tests {
             seen += chunk.len();
         }
         assert_eq!(seen, 400);
+        spool.close();
+    }
+
+    /// While the sender drains a backlog it removes entries every few milliseconds; their
+    /// space must be freed within LAZY_COMMIT of the first removal, not only once removals
+    /// pause (the timer is a deadline, not an idle timeout).
+    #[tokio::test]
+    async fn removals_are_committed_by_a_deadline_even_while_they_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path(), 1 << 20)).unwrap();
+        let n = 40;
+        for i in 0..n {
+            // One append at a time: one commit, so one entry, each.
+            spool
+                .append(&[format!(r#"{{"i":{i}}}"#)], SystemTime::now())
+                .await
+                .unwrap();
+        }
+        let read = spool.read(None, 100, 1 << 20).unwrap();
+        assert_eq!(read.len(), n);
+        let full = spool.stats().bytes.load(Ordering::Acquire);
+        let mut freed_after = None;
+        for (i, item) in read.iter().enumerate() {
+            spool.remove(item.pos.key, item.entry_cost, item.entry_messages);
+            // Faster than LAZY_COMMIT, so an idle timer would never fire during the loop.
+            tokio::time::sleep(LAZY_COMMIT / 4).await;
+            if spool.stats().depth.load(Ordering::Acquire) < n as u64 {
+                freed_after = Some(i + 1);
+                break;
+            }
+        }
+        let freed_after = freed_after.expect("no removal committed while removals kept coming");
+        assert!(freed_after < n, "{freed_after}");
+        assert!(spool.stats().bytes.load(Ordering::Acquire) < full);
+        spool.close();
+    }
+
+    /// A failed commit must not leave the removals it carried forgotten: their bytes would
+    /// count against the bound until a restart (503s with nothing waiting).
+    #[tokio::test]
+    async fn a_failed_commit_keeps_its_removals_and_retries_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path(), 1 << 20)).unwrap();
+        let now = SystemTime::now();
+        spool.append(&[r#"{"a":1}"#.into()], now).await.unwrap();
+        spool.append(&[r#"{"b":2}"#.into()], now).await.unwrap();
+        let read = spool.read(None, 10, 1 << 20).unwrap();
+        assert_eq!(read.len(), 2);
+        spool.fail_next_commits(1);
+        spool.remove(read[0].pos.key, read[0].entry_cost, read[0].entry_messages);
+        // This append forces the commit that fails (and carries the removal).
+        assert!(matches!(
+            spool.append(&[r#"{"c":3}"#.into()], now).await,
+            Err(SpoolError::Storage(_))
+        ));
+        assert_eq!(spool.stats().commit_failures.load(Ordering::Acquire), 1);
+        // The removal is retried on its own; the failed append's reservation is released.
+        settle(&spool, 1);
+        assert_eq!(
+            spool.stats().bytes.load(Ordering::Acquire),
+            read[1].entry_cost
+        );
+        let rest = spool.read(None, 10, 1 << 20).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].json, r#"{"b":2}"#);
+        spool.close();
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_bounded_oldest_first_and_dumped_as_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dead_letter_cost("rejected", &dead_record(0, br#"{"n":0}"#));
+        let mut opts = options(dir.path(), 1 << 20);
+        opts.dead_letter_max_bytes = 3 * one;
+        let spool = Spool::open(&opts).unwrap();
+        let micros = 1_767_261_600_000_000; // 2026-01-01T10:00:00Z
+        for n in 0..5 {
+            spool.dead_letter(
+                vec![dead_record(micros, format!(r#"{{"n":{n}}}"#).as_bytes())],
+                DeadReason::Rejected,
+            );
+        }
+        let stats = spool.stats();
+        for _ in 0..500 {
+            if stats.dead_letters_dropped.load(Ordering::Acquire) == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stats.dead_letters_dropped.load(Ordering::Acquire), 2);
+        assert_eq!(stats.dead_letters.load(Ordering::Acquire), 3);
+        assert_eq!(stats.dead_letter_bytes.load(Ordering::Acquire), 3 * one);
+        assert_eq!(spool.dead_letter_count().unwrap(), 3);
+        // Bytes that are not JSON are kept exactly and shown as text.
+        // Same cost as the others ("corrupt" is a byte shorter than "rejected"), so it pushes out
+        // exactly one.
+        spool.dead_letter(vec![dead_record(micros, b"not json")], DeadReason::Corrupt);
+        spool.close();
+        drop(spool);
+
+        // The dump needs the spool closed; it refuses while a forwarder holds it.
+        let holder = Spool::open(&opts).unwrap();
+        assert!(matches!(
+            dump_dead_letters(dir.path(), &mut Vec::new()),
+            Err(DumpError::InUse)
+        ));
+        // Reopening recovers the table's bytes.
+        assert_eq!(
+            holder.stats().dead_letter_bytes.load(Ordering::Acquire),
+            3 * one
+        );
+        holder.close();
+        drop(holder);
+        let mut out = Vec::new();
+        assert_eq!(dump_dead_letters(dir.path(), &mut out).unwrap(), 3);
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // The oldest (n = 0, 1) went first; the corrupt one pushed out n = 2.
+        assert_eq!(lines[0]["message"], serde_json::json!({"n": 3}));
+        assert_eq!(lines[1]["message"], serde_json::json!({"n": 4}));
+        assert_eq!(lines[0]["reason"], "rejected");
+        assert_eq!(lines[0]["receivedAt"], "2026-01-01T10:00:00.000Z");
+        assert_eq!(lines[2]["reason"], "corrupt");
+        assert_eq!(lines[2]["text"], "not json");
+        assert!(lines[0]["key"].as_u64().unwrap() < lines[1]["key"].as_u64().unwrap());
+        // An empty or missing spool prints nothing.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(dump_dead_letters(empty.path(), &mut Vec::new()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_dead_writer_is_reported_and_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path(), 1 << 20)).unwrap();
+        assert!(spool.writer_alive() && !spool.writer_died());
+        spool.crash_writer();
+        assert!(spool.writer_died());
+        assert_eq!(
+            spool.append(&[r"{}".into()], SystemTime::now()).await,
+            Err(SpoolError::Closed)
+        );
+        assert_eq!(spool.stats().bytes.load(Ordering::Acquire), 0);
+        spool.close();
+        // After a close the writer is gone on purpose: not "died".
+        assert!(!spool.writer_died());
+    }
+
+    #[tokio::test]
+    async fn record_returns_the_exact_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path(), 1 << 20)).unwrap();
+        let now = SystemTime::now();
+        spool
+            .append(&[r#"{"a":1}"#.into(), r#"{"b":"é"}"#.into()], now)
+            .await
+            .unwrap();
+        let read = spool.read(None, 10, 1 << 20).unwrap();
+        let (micros, bytes) = spool.record(read[1].pos).unwrap().unwrap();
+        assert_eq!(micros, read[1].received_micros);
+        assert_eq!(bytes, r#"{"b":"é"}"#.as_bytes());
+        assert!(
+            spool
+                .record(Pos {
+                    key: read[1].pos.key,
+                    index: 9
+                })
+                .unwrap()
+                .is_none()
+        );
         spool.close();
     }
 }

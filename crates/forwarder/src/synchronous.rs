@@ -4,16 +4,22 @@
 //! Concurrent requests are micro-batched: a collector task takes every request waiting at the
 //! time into one batch (within Segment's limits), and up to [`MAX_IN_FLIGHT`] batches are sent
 //! concurrently. Nothing is stored; the forwarder stays stateless.
+//!
+//! When Segment refuses a batch (400, 413), it is bisected by request ([`crate::split`]), so
+//! only the requests holding a refused message get 422 and their neighbours still get 200. A
+//! configuration error (401, 403, 404, 3xx, ...) is retried until the deadline and answered 503,
+//! so Seshn retries the event later instead of it being refused for good.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use segment::{Client, DeliveryError, Limits, RawMessage, RetryPolicy, send_with_retries};
+use segment::{Client, DeliveryError, Limits, RawMessage, RetryPolicy, send_with_retries_observed};
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::split::{Bisection, Fate};
 
 /// Batches sent at the same time.
 pub const MAX_IN_FLIGHT: usize = 4;
@@ -25,7 +31,7 @@ const QUEUE: usize = 4096;
 pub enum SyncOutcome {
     /// Segment accepted it: answer 2xx.
     Delivered,
-    /// Segment refused it (4xx), or a message is over 32 KB: retrying cannot help.
+    /// Segment refused it (400, 413), or a message is over 32 KB: retrying cannot help.
     Rejected,
     /// Not accepted before the deadline (or shutting down): answer 503.
     Timeout,
@@ -145,35 +151,49 @@ async fn collect(
     }
 }
 
-/// Sends the jobs as one batch; when Segment rejects a batch of several requests, each request
-/// is retried alone so one bad event does not fail its neighbours.
+/// Sends the jobs as one batch; when Segment refuses it, the batch is bisected by job so that
+/// one bad event does not fail its neighbours.
 async fn send_jobs(client: &Client, retry: &RetryPolicy, jobs: Vec<Job>, metrics: &Metrics) {
-    let outcome = send_batch(client, retry, &jobs, metrics).await;
-    if outcome == SyncOutcome::Rejected && jobs.len() > 1 {
-        for job in jobs {
-            let single = send_batch(client, retry, std::slice::from_ref(&job), metrics).await;
-            let _ = job.reply.send(single);
-        }
-        return;
+    let mut bisection = Bisection::new(jobs.len());
+    while let Some(range) = bisection.next_range() {
+        let result = send_batch(client, retry, &jobs[range.clone()], metrics).await;
+        bisection.record(range, &result);
     }
-    for job in jobs {
+    let isolated = bisection.finish();
+    let refused: u64 = isolated
+        .refused()
+        .map(|i| jobs[i].messages.len() as u64)
+        .sum();
+    if refused > 0 {
+        metrics.dead_letters("rejected", refused);
+    }
+    for (job, fate) in jobs.into_iter().zip(isolated.fates) {
+        let outcome = match fate {
+            Fate::Delivered => SyncOutcome::Delivered,
+            Fate::Refused => SyncOutcome::Rejected,
+            Fate::Undelivered => SyncOutcome::Timeout,
+        };
         // The request may have timed out already; nothing to do then.
         let _ = job.reply.send(outcome);
     }
 }
 
+/// Sends the messages of `jobs` as one batch, until accepted, refused, or the earliest of their
+/// deadlines.
 async fn send_batch(
     client: &Client,
     retry: &RetryPolicy,
     jobs: &[Job],
     metrics: &Metrics,
-) -> SyncOutcome {
+) -> Result<u32, DeliveryError> {
     let deadline = jobs.iter().map(|j| j.deadline).min();
     let batch: Vec<RawMessage> = jobs
         .iter()
         .flat_map(|j| j.messages.iter().cloned())
         .collect();
-    match send_with_retries(client, &batch, retry, deadline).await {
+    let observe = |outcome: Result<(), &segment::SendError>| metrics.attempt(outcome);
+    let result = send_with_retries_observed(client, &batch, retry, deadline, observe).await;
+    match &result {
         Ok(attempts) => {
             metrics.batch("accepted");
             metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
@@ -182,20 +202,23 @@ async fn send_batch(
                 let age = now.duration_since(j.received_at).unwrap_or_default();
                 std::iter::repeat_n(age, j.messages.len())
             }));
-            SyncOutcome::Delivered
         }
-        Err(DeliveryError::Rejected { status, .. }) => {
+        Err(DeliveryError::Rejected {
+            status, attempts, ..
+        }) => {
             metrics.batch("rejected");
-            if jobs.len() == 1 {
-                metrics.dead_letters("rejected", batch.len() as u64);
-            }
-            tracing::error!(status, messages = batch.len(), "Segment rejected a batch");
-            SyncOutcome::Rejected
+            metrics.failed_attempts(u64::from(attempts.saturating_sub(1)));
+            tracing::warn!(
+                status,
+                messages = batch.len(),
+                requests = jobs.len(),
+                "Segment refused a batch"
+            );
         }
         Err(DeliveryError::DeadlineExceeded { attempts, .. }) => {
             metrics.batch("timeout");
-            metrics.failed_attempts(u64::from(attempts));
-            SyncOutcome::Timeout
+            metrics.failed_attempts(u64::from(*attempts));
         }
     }
+    result
 }

@@ -22,9 +22,35 @@ struct Proc {
     addr: SocketAddr,
 }
 
+/// Every log line of every forwarder a test started (JSON logs on stderr).
+type Logs = Arc<Mutex<Vec<String>>>;
+
+/// The logs hold no payload personal data (the test bodies' names, emails and phones), no
+/// webhook secret and no write key, whatever happened (outages, kills, retries).
+fn assert_logs_are_clean(logs: &Logs) {
+    let logs = logs.lock().unwrap();
+    assert!(
+        logs.iter().any(|l| l.contains("listening")),
+        "no logs captured"
+    );
+    for line in logs.iter() {
+        for needle in [
+            "Test Person",
+            "@example.com",
+            "+1555010",
+            "ct_1",
+            SECRET,
+            WRITE_KEY,
+        ] {
+            assert!(!line.contains(needle), "{needle:?} logged: {line}");
+        }
+    }
+}
+
 impl Proc {
-    /// Starts the binary on 127.0.0.1:0 and waits for its "listening" log line.
-    fn start(sink_url: &str, spool: &Path, grace: &str) -> Self {
+    /// Starts the binary on 127.0.0.1:0 and waits for its "listening" log line; every log line
+    /// is kept in `logs`.
+    fn start(sink_url: &str, spool: &Path, grace: &str, logs: &Logs) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_seshn-segment-forwarder"))
             .env_clear()
             .env("FORWARDER_LISTEN", "127.0.0.1:0")
@@ -38,16 +64,23 @@ impl Proc {
             .env("RETRY_MAX", "200ms")
             .env("SEGMENT_TIMEOUT", "2s")
             .env("LOG_FORMAT", "json")
+            // Our own crates at debug, so the log scan covers every line they may write.
+            .env(
+                "LOG_FILTER",
+                "info,forwarder=debug,seshn_segment_forwarder=debug,segment=debug",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let logs = Arc::clone(logs);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                logs.lock().unwrap().push(line.clone());
                 if sent {
                     continue;
                 }
@@ -143,25 +176,37 @@ async fn load(
     acked.lock().unwrap().clone()
 }
 
-/// Asserts every acked booking arrived and duplicates are identical.
+/// Asserts every acked booking arrived, duplicates are identical, and every copy of an event
+/// carries the same messageId (so Segment keeps exactly one).
 fn assert_all_arrived(sink: &SegmentSink, acked: &[usize]) {
     let mut by_id: HashMap<String, serde_json::Value> = HashMap::new();
-    let mut bookings = HashSet::new();
+    let mut ids_of: HashMap<String, HashSet<String>> = HashMap::new();
     for message in sink.messages() {
         let id = message["messageId"].as_str().unwrap().to_owned();
         if let Some(first) = by_id.get(&id) {
             assert_eq!(first, &message, "duplicate {id} differs");
         }
         if message["type"] == "track" {
-            bookings.insert(
-                message["properties"]["bookingId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            );
+            ids_of
+                .entry(
+                    message["properties"]["bookingId"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+                .or_default()
+                .insert(id.clone());
         }
         by_id.insert(id, message);
     }
+    for (booking, ids) in &ids_of {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{booking} arrived under several messageIds: {ids:?}"
+        );
+    }
+    let bookings: HashSet<&String> = ids_of.keys().collect();
     let lost: Vec<_> = acked
         .iter()
         .filter(|i| !bookings.contains(&format!("bk_{i}")))
@@ -218,11 +263,12 @@ async fn load_for(
 async fn kill_9_under_load_loses_no_acknowledged_event() {
     let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let logs = Logs::default();
     let mut acked = Vec::new();
 
     // Round 1: Segment is down, so every acked event exists only in the spool; kill -9.
     sink.set_outage(true);
-    let proc = Proc::start(&sink.url(), dir.path(), "5s");
+    let proc = Proc::start(&sink.url(), dir.path(), "5s", &logs);
     let addr = proc.addr;
     acked.extend(
         load_for(addr, 0, Duration::from_millis(1500), move || {
@@ -238,7 +284,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     for _ in 0..3 {
         sink.push_fault(Fault::Delay(Duration::from_millis(300)));
     }
-    let proc = Proc::start(&sink.url(), dir.path(), "5s");
+    let proc = Proc::start(&sink.url(), dir.path(), "5s", &logs);
     let addr = proc.addr;
     acked.extend(
         load_for(addr, 1_000_000, Duration::from_millis(1500), move || {
@@ -249,24 +295,26 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
 
     eprintln!("{} events acknowledged across two kill -9", acked.len());
     // Round 3: a clean start delivers what is left.
-    let proc = Proc::start(&sink.url(), dir.path(), "5s");
+    let proc = Proc::start(&sink.url(), dir.path(), "5s", &logs);
     wait_for_bookings(&sink, &acked).await;
     assert_all_arrived(&sink, &acked);
     proc.sigterm();
     assert!(proc.wait_exit(Duration::from_secs(30)));
+    assert_logs_are_clean(&logs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_within_grace_and_keeps_the_rest() {
     let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let logs = Logs::default();
     let http = client();
 
     // Segment slow but up: SIGTERM waits for the spool to drain, then exits 0.
     for _ in 0..2 {
         sink.push_fault(Fault::Delay(Duration::from_millis(400)));
     }
-    let proc = Proc::start(&sink.url(), dir.path(), "20s");
+    let proc = Proc::start(&sink.url(), dir.path(), "20s", &logs);
     for i in 0..30 {
         assert_eq!(
             post_signed(&http, proc.addr, "booking.created", &booking(i))
@@ -282,7 +330,7 @@ async fn sigterm_drains_within_grace_and_keeps_the_rest() {
 
     // Segment down: SIGTERM gives up after the 1 s grace, keeps the events on disk.
     sink.set_outage(true);
-    let proc = Proc::start(&sink.url(), dir.path(), "1s");
+    let proc = Proc::start(&sink.url(), dir.path(), "1s", &logs);
     let addr = proc.addr;
     for i in 100..130 {
         assert_eq!(
@@ -309,7 +357,7 @@ async fn sigterm_drains_within_grace_and_keeps_the_rest() {
 
     // The next start delivers them.
     sink.set_outage(false);
-    let proc = Proc::start(&sink.url(), dir.path(), "5s");
+    let proc = Proc::start(&sink.url(), dir.path(), "5s", &logs);
     let acked: Vec<usize> = (100..130).collect();
     wait_for_bookings(&sink, &acked).await;
     assert_all_arrived(&sink, &acked);
@@ -319,4 +367,5 @@ async fn sigterm_drains_within_grace_and_keeps_the_rest() {
             .await
             .unwrap()
     );
+    assert_logs_are_clean(&logs);
 }

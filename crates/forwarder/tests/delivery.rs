@@ -150,16 +150,115 @@ async fn outage_then_recovery_keeps_order_and_ids() {
     running.wait().await.unwrap();
 }
 
+/// A booking whose track message Segment refuses (the fake refuses any batch holding
+/// "bk_refused", as Segment answers 400 to a whole batch for one malformed message).
+fn refused_booking() -> String {
+    r#"{"id":"bk_refused","contact":{"id":"ct_refused","name":"R"}}"#.to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_batches_and_oversize_messages_are_dead_lettered_not_resent() {
+async fn a_refused_message_is_isolated_and_only_it_is_dead_lettered() {
     let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    sink.refuse_messages_containing("bk_refused");
+    // Everything piles up in the spool first, so it leaves in one batch of 41 messages.
+    sink.set_outage(true);
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(config(&sink.url(), dir.path())).await;
+    let addr = running.addr();
+    let http = client();
+    for i in 0..20 {
+        if i == 13 {
+            assert_eq!(
+                post_signed(&http, addr, "booking.created", &refused_booking())
+                    .await
+                    .unwrap(),
+                200
+            );
+        }
+        assert_eq!(
+            post_signed(&http, addr, "booking.created", &booking(i))
+                .await
+                .unwrap(),
+            200
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sink.stats().outage_rejections >= 1
+        })
+        .await
+    );
+    sink.set_outage(false);
+    // 40 good messages + the refused booking's identify.
+    assert!(
+        sink.wait_for_unique_messages(41, Duration::from_secs(30))
+            .await,
+        "only {} arrived",
+        sink.unique_messages().len()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(
+                &http,
+                addr,
+                r#"seshn_forwarder_dead_letters_total{reason="rejected"}"#,
+            )
+            .await
+                == Some(1.0)
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&http, addr, "seshn_forwarder_spool_depth").await == Some(0.0)
+        })
+        .await
+    );
+    let messages = sink.unique_messages();
+    assert_eq!(messages.len(), 41);
+    assert!(
+        messages
+            .iter()
+            .all(|m| !m.to_string().contains("bk_refused"))
+    );
+    // Accepted halves go out left to right: arrival order is kept.
+    let order: Vec<String> = messages
+        .iter()
+        .filter(|m| m["type"] == "track")
+        .map(|m| m["properties"]["bookingId"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("bk_{i}")).collect();
+    assert_eq!(order, expected);
+    assert!(
+        sink.stats().rejected_400 >= 2,
+        "the bisection resent halves"
+    );
+    let state = std::sync::Arc::clone(running.state());
+    running.shutdown();
+    running.wait().await.unwrap();
+    if let forwarder::http::Sink::Spooled(spool) = &state.sink {
+        assert_eq!(spool.dead_letter_count().unwrap(), 1);
+    }
+    // The last handle closes the store, so the dump may open it.
+    drop(state);
+    // The dead letter holds the exact refused message.
+    let mut out = Vec::new();
+    forwarder::spool::dump_dead_letters(dir.path(), &mut out).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out).unwrap().trim()).unwrap();
+    assert_eq!(line["reason"], "rejected");
+    assert_eq!(line["message"]["properties"]["bookingId"], "bk_refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_400_for_a_batch_loses_nothing_and_oversize_is_dead_lettered() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    // One 400 for the first batch: the halves are resent and accepted.
     sink.push_fault(Fault::Status(400));
     let dir = tempfile::tempdir().unwrap();
     let running = common::start(config(&sink.url(), dir.path())).await;
     let addr = running.addr();
     let http = client();
-
-    // The first batch is refused with 400: dead-lettered, never resent.
     assert_eq!(
         post_signed(&http, addr, "booking.created", &booking(1))
             .await
@@ -167,16 +266,8 @@ async fn rejected_batches_and_oversize_messages_are_dead_lettered_not_resent() {
         200
     );
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            metric(
-                &http,
-                addr,
-                r#"seshn_forwarder_dead_letters_total{reason="rejected"}"#,
-            )
+        sink.wait_for_unique_messages(2, Duration::from_secs(20))
             .await
-                == Some(2.0)
-        })
-        .await
     );
     // An event whose track message is over 32 KB: answered 200 (retrying cannot help),
     // its track is dead-lettered at once, its small identify is delivered.
@@ -197,7 +288,7 @@ async fn rejected_batches_and_oversize_messages_are_dead_lettered_not_resent() {
         200
     );
     assert!(
-        sink.wait_for_unique_messages(3, Duration::from_secs(20))
+        sink.wait_for_unique_messages(5, Duration::from_secs(20))
             .await
     );
     assert_eq!(
@@ -209,15 +300,103 @@ async fn rejected_batches_and_oversize_messages_are_dead_lettered_not_resent() {
         .await,
         Some(1.0)
     );
+    assert_eq!(
+        metric(
+            &http,
+            addr,
+            r#"seshn_forwarder_dead_letters_total{reason="rejected"}"#
+        )
+        .await,
+        None
+    );
+    assert_eq!(
+        metric(&http, addr, "seshn_forwarder_dead_letter_messages").await,
+        Some(1.0)
+    );
     let state = std::sync::Arc::clone(running.state());
     running.shutdown();
     running.wait().await.unwrap();
     let messages = sink.unique_messages();
-    assert_eq!(messages.len(), 3, "identify of the huge one + booking 2");
-    assert!(messages.iter().all(|m| m["userId"] != "ct_1"));
+    assert_eq!(
+        messages.len(),
+        5,
+        "booking 1, the huge one's identify, booking 2"
+    );
     assert!(messages.iter().all(|m| m.to_string().len() < 32 * 1024));
     assert_eq!(sink.stats().rejected_400, 0);
     if let forwarder::http::Sink::Spooled(spool) = &state.sink {
-        assert_eq!(spool.dead_letter_count().unwrap(), 3);
+        assert_eq!(spool.dead_letter_count().unwrap(), 1);
     }
+}
+
+/// A wrong or rotated write key (401), a WAF (403), a wrong path (404) or a redirect must never
+/// empty the spool into dead letters: the events stay, delivery is reported blocked, and it
+/// resumes once the configuration is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_block_delivery_and_keep_every_event() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    sink.fail_all_with(Some(401));
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(config(&sink.url(), dir.path())).await;
+    let addr = running.addr();
+    let http = client();
+    for i in 0..10 {
+        assert_eq!(
+            post_signed(&http, addr, "booking.created", &booking(i))
+                .await
+                .unwrap(),
+            200
+        );
+    }
+    let blocked_by = |status: f64| {
+        let http = http.clone();
+        async move {
+            metric(&http, addr, "seshn_forwarder_delivery_blocked").await == Some(1.0)
+                && metric(&http, addr, "seshn_forwarder_delivery_blocked_status").await
+                    == Some(status)
+        }
+    };
+    assert!(eventually(Duration::from_secs(10), || blocked_by(401.0)).await);
+    for status in [403, 404, 302, 501] {
+        sink.fail_all_with(Some(status));
+        assert!(
+            eventually(Duration::from_secs(10), || blocked_by(f64::from(status))).await,
+            "{status}"
+        );
+    }
+    assert!(
+        metric(
+            &http,
+            addr,
+            r#"seshn_forwarder_batches_total{result="blocked"}"#
+        )
+        .await
+        .unwrap()
+            >= 5.0
+    );
+    assert_eq!(
+        metric(&http, addr, "seshn_forwarder_spool_depth").await,
+        Some(20.0)
+    );
+    assert_eq!(
+        metric(&http, addr, "seshn_forwarder_dead_letter_messages").await,
+        Some(0.0)
+    );
+    assert!(sink.unique_messages().is_empty());
+    // Fixed: everything arrives, the gauge goes back to 0.
+    sink.fail_all_with(None);
+    assert!(
+        sink.wait_for_unique_messages(20, Duration::from_secs(30))
+            .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&http, addr, "seshn_forwarder_delivery_blocked").await == Some(0.0)
+                && metric(&http, addr, "seshn_forwarder_delivery_blocked_status").await == Some(0.0)
+        })
+        .await
+    );
+    assert_duplicates_are_identical(&sink);
+    running.shutdown();
+    running.wait().await.unwrap();
 }

@@ -24,6 +24,28 @@ async fn post(
     req.send().await.unwrap()
 }
 
+/// Writes `head` on a fresh connection and reads the answer (until the server closes, or 10 s).
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Bounded: stop at the end of the head, at close, or after 10 s.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..1000 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// (name, headers, body, expected status).
 type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
 
@@ -102,12 +124,6 @@ async fn bad_input_matrix_and_signature_forms() {
             400,
         ),
         (
-            "body over 1 MiB",
-            vec![ev, ("x-webhook-signature", &big_sig)],
-            big.clone().into(),
-            413,
-        ),
-        (
             "prefixed lowercase",
             vec![ev, ("x-webhook-signature", &good_sig)],
             good.clone().into(),
@@ -169,11 +185,34 @@ async fn bad_input_matrix_and_signature_forms() {
         .as_u16();
     assert_eq!(status, 404);
 
-    // Wrong methods and paths.
-    let status = http.get(&url).send().await.unwrap().status().as_u16();
-    assert_eq!(status, 405);
-    let status = http.put(&url).send().await.unwrap().status().as_u16();
-    assert_eq!(status, 405);
+    // Wrong methods and paths; a 405 names the allowed method, on every webhook path.
+    for target in [
+        url.clone(),
+        prefixed.clone(),
+        format!("http://{addr}/hooks/x"),
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::PUT] {
+            let resp = http.request(method.clone(), &target).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 405, "{method} {target}");
+            assert_eq!(
+                resp.headers().get("allow").map(|v| v.to_str().unwrap()),
+                Some("POST"),
+                "{method} {target}"
+            );
+        }
+    }
+
+    // A declared body over the limit is refused before a byte of it is read: headers only.
+    let answer = raw_exchange(
+        addr,
+        &format!(
+            "POST /api/webhooks/seshn HTTP/1.1\r\nhost: x\r\nx-webhook-event: booking.created\r\n\
+             x-webhook-signature: {big_sig}\r\ncontent-length: {}\r\n\r\n",
+            big.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let status = http
         .post(format!("http://{addr}/nope"))
         .send()
@@ -448,6 +487,230 @@ async fn synchronous_mode_answers_after_segment_accepted() {
             .unwrap(),
         422
     );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// Memory stays bounded with many connections: each request reserves its Content-Length in
+/// the in-flight budget before its body is read; beyond the budget, 503 + Retry-After (Seshn
+/// retries); a body that does not arrive in time gets 408 and frees its reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_body_budget_and_body_read_timeout() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sink.url(), dir.path());
+    cfg.max_body_bytes = 64 * 1024;
+    cfg.max_inflight_body_bytes = 3 * 64 * 1024;
+    cfg.body_read_timeout = Duration::from_secs(2);
+    let running = common::start(cfg).await;
+    let addr = running.addr();
+    let http = client();
+
+    // Three slow senders announce 64 KiB bodies and send only part of them: the budget is full.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /api/webhooks/seshn HTTP/1.1\r\nhost: x\r\nx-webhook-event: booking.created\r\n\
+             x-webhook-signature: sha256={}\r\ncontent-length: {}\r\n\r\n{{\"id\":",
+            "0".repeat(64),
+            64 * 1024
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&http, addr, "seshn_forwarder_inflight_body_bytes").await
+                == Some(3.0 * 64.0 * 1024.0)
+        })
+        .await,
+        "the slow requests hold their reservations"
+    );
+    // No room: a well-formed webhook is told to come back later, before anything is read.
+    let body = booking(1);
+    let resp = http
+        .post(format!("http://{addr}/api/webhooks/seshn"))
+        .header("x-webhook-event", "booking.created")
+        .header("x-webhook-signature", sign(SECRET, body.as_bytes()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    // The slow bodies time out with 408, which frees the budget.
+    for mut stream in slow {
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert_eq!(
+        metric(&http, addr, "seshn_forwarder_inflight_body_bytes").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        common::post_signed(&http, addr, "booking.created", &body)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        metric(
+            &http,
+            addr,
+            r#"seshn_forwarder_webhooks_received_total{event="unverified",outcome="overloaded"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &http,
+            addr,
+            r#"seshn_forwarder_webhooks_received_total{event="unverified",outcome="body_timeout"}"#
+        )
+        .await,
+        Some(3.0)
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// SIGTERM with a shutdown delay: /readyz says 503 at once (Kubernetes removes the pod from the
+/// endpoints) while webhooks routed meanwhile are still accepted; after the delay the port
+/// closes and the spool drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_serving_with_readiness_false() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sink.url(), dir.path());
+    cfg.shutdown_delay = Duration::from_secs(5);
+    let running = common::start(cfg).await;
+    let addr = running.addr();
+    let http = client();
+    let readyz = |http: reqwest::Client| async move {
+        http.get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(readyz(http.clone()).await.unwrap(), 200);
+    let started = std::time::Instant::now();
+    running.shutdown();
+    assert!(
+        eventually(Duration::from_secs(4), || async {
+            readyz(http.clone()).await.ok() == Some(503)
+        })
+        .await
+    );
+    assert_eq!(
+        metric(&http, addr, "seshn_forwarder_ready").await,
+        Some(0.0)
+    );
+    // Still within the delay: webhooks are taken, health is fine.
+    assert_eq!(
+        common::post_signed(&http, addr, "booking.created", &booking(7))
+            .await
+            .unwrap(),
+        200
+    );
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the checks ran within the delay"
+    );
+    let outcome = running.wait().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "the delay was kept"
+    );
+    assert_eq!(outcome.drained, Some(forwarder::sender::Drained::Empty));
+    assert!(
+        sink.wait_for_unique_messages(2, Duration::from_secs(5))
+            .await
+    );
+    // The port is closed now.
+    assert!(readyz(client()).await.is_err());
+}
+
+/// Synchronous mode: a configuration error (401, 404, redirect, ...) is not "Segment refused
+/// this event" (422, lost for good) but 503, so Seshn retries; a refused event among
+/// concurrent ones fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_blocked_is_503_and_refusals_are_isolated() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sink.url(), dir.path());
+    cfg.mode = DeliveryMode::Synchronous;
+    cfg.sync_deadline = Duration::from_secs(2);
+    let running = common::start(cfg).await;
+    let addr = running.addr();
+    let http = client();
+
+    for status in [401, 404, 307] {
+        sink.fail_all_with(Some(status));
+        let resp = http
+            .post(format!("http://{addr}/api/webhooks/seshn"))
+            .header("x-webhook-event", "booking.created")
+            .header("x-webhook-signature", sign(SECRET, booking(1).as_bytes()))
+            .body(booking(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 503, "{status}");
+        assert_eq!(resp.headers()["retry-after"], "30");
+        assert_eq!(
+            metric(&http, addr, "seshn_forwarder_delivery_blocked_status").await,
+            Some(f64::from(status))
+        );
+    }
+    sink.fail_all_with(None);
+    assert_eq!(
+        common::post_signed(&http, addr, "booking.created", &booking(1))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        metric(&http, addr, "seshn_forwarder_delivery_blocked").await,
+        Some(0.0)
+    );
+
+    // Concurrent requests share batches (slow answers let them pile up); the one Segment
+    // refuses gets 422, its neighbours 200.
+    sink.refuse_messages_containing("bk_refused");
+    for _ in 0..forwarder::synchronous::MAX_IN_FLIGHT {
+        sink.push_fault(Fault::Delay(Duration::from_millis(300)));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let http = http.clone();
+        let body = if i == 5 {
+            r#"{"id":"bk_refused"}"#.to_owned()
+        } else {
+            booking(100 + i)
+        };
+        tasks.push(tokio::spawn(async move {
+            (
+                i,
+                common::post_signed(&http, addr, "booking.created", &body)
+                    .await
+                    .unwrap(),
+            )
+        }));
+    }
+    for task in tasks {
+        let (i, status) = task.await.unwrap();
+        assert_eq!(status, if i == 5 { 422 } else { 200 }, "request {i}");
+    }
     running.shutdown();
     running.wait().await.unwrap();
 }

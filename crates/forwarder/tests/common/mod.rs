@@ -34,6 +34,10 @@ pub fn config(sink_url: &str, spool_dir: &Path) -> Config {
             extra_properties: vec![],
         },
         max_body_bytes: 1 << 20,
+        max_inflight_body_bytes: 16 << 20,
+        body_read_timeout: Duration::from_secs(10),
+        dead_letter_max_bytes: 8 << 20,
+        shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(10),
         sync_deadline: Duration::from_secs(20),
         segment_timeout: Duration::from_secs(2),
@@ -55,10 +59,11 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     seshn::signature::sign(secret.as_bytes(), body)
 }
 
-/// A realistic booking body with a contact (so it maps to a track and an identify).
+/// A realistic booking body with a contact (so it maps to a track and an identify). Its personal
+/// data (name "Test Person", email "@example.com", phone "+1555010") must never reach a log.
 pub fn booking(i: usize) -> String {
     format!(
-        r#"{{"id":"bk_{i}","contact":{{"id":"ct_{i}","name":"Test Person {i}","email":"p{i}@example.com"}},"service":{{"id":"svc_1","name":"Yoga"}},"seats":1,"slot":{{"startTime":"2026-01-05T07:30:00Z"}}}}"#
+        r#"{{"id":"bk_{i}","contact":{{"id":"ct_{i}","name":"Test Person {i}","email":"p{i}@example.com","phone":"+1555010{i}"}},"service":{{"id":"svc_1","name":"Yoga"}},"seats":1,"slot":{{"startTime":"2026-01-05T07:30:00Z"}}}}"#
     )
 }
 
