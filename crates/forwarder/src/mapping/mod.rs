@@ -266,9 +266,18 @@ impl Mapper {
                 track.push_str(r#","userId":"#);
                 push_json_string(&mut track, value);
             }
-            (None, Fallback::AnonymousId(value)) => {
+            (None, Fallback::AnonymousId(sources)) => {
                 track.push_str(r#","anonymousId":"#);
-                push_json_string(&mut track, value);
+                let stable = sources
+                    .iter()
+                    .find_map(|source| match doc.resolve(*source) {
+                        Value::Raw(raw) => UserId::from_raw(raw),
+                        Value::Undefined | Value::Event => None,
+                    });
+                match stable {
+                    Some(id) => id.write(&mut track),
+                    None => push_json_string(&mut track, &ids.track),
+                }
             }
         }
         track.push_str(r#","properties":{"#);
@@ -653,6 +662,52 @@ mod tests {
             assert_eq!(out.messages.len(), 1, "{body}");
             assert_eq!(parse(&out.messages[0])["userId"], "anonymous", "{body}");
         }
+    }
+
+    /// `spec` without a contact: one anonymous user per booking (its payment events too), and
+    /// per event when the payload names no id; never one shared "anonymous" for everybody.
+    #[test]
+    fn spec_anonymous_ids_are_stable_per_booking() {
+        let m = mapper(Profile::Spec);
+        let anon = |event: &str, body: &str| {
+            let out = m.map(&delivery(event, body)).unwrap();
+            let track = parse(&out.messages[0]);
+            assert!(track.get("userId").is_none(), "{track}");
+            track["anonymousId"].clone()
+        };
+        let created = anon("booking.created", r#"{"id":"bk_1"}"#);
+        assert_eq!(created, "bk_1");
+        assert_eq!(
+            anon("payment.succeeded", r#"{"id":"pay_9","bookingId":"bk_1"}"#),
+            created
+        );
+        assert_eq!(
+            anon("booking.checked_in", r#"{"id":"bk_1","seats":2}"#),
+            created
+        );
+        assert_eq!(anon("booking.created", r#"{"id":42}"#), "42");
+        assert_eq!(anon("waitlist.joined", r#"{"id":"wl_3"}"#), "wl_3");
+        // No id at all: the track's own message id (stable across retries of that event).
+        let out = m
+            .map(&delivery("booking.created", r#"{"seats":1}"#))
+            .unwrap();
+        let track = parse(&out.messages[0]);
+        assert_eq!(track["anonymousId"], track["messageId"]);
+        let other = anon("booking.created", r#"{"seats":2}"#);
+        assert_ne!(track["anonymousId"], other);
+        // Unusable ids are skipped like in the user id chain.
+        assert_eq!(
+            anon("payment.failed", r#"{"bookingId":"","id":"pay_1"}"#),
+            "pay_1"
+        );
+        // A contact id still wins.
+        let out = m
+            .map(&delivery(
+                "booking.created",
+                r#"{"id":"bk_1","contactId":"c_1"}"#,
+            ))
+            .unwrap();
+        assert_eq!(parse(&out.messages[0])["userId"], "c_1");
     }
 
     #[test]

@@ -72,8 +72,10 @@ pub struct Rule {
 pub enum Fallback {
     /// `userId: "<value>"` (the seed's `?? 'anonymous'`).
     UserId(&'static str),
-    /// `anonymousId: "<value>"`.
-    AnonymousId(&'static str),
+    /// `anonymousId`: the first usable id from these sources (so every event of one booking
+    /// lands on one anonymous user), else the track's own message id (one anonymous user per
+    /// event, stable across retries; never one shared value that merges strangers).
+    AnonymousId(&'static [Source]),
 }
 
 /// A mapping profile as data.
@@ -159,7 +161,8 @@ pub static SPEC: Table = Table {
     name: "spec",
     event_name: spec_event_name,
     user_id: CONTACT_ID,
-    fallback: Fallback::AnonymousId("anonymous"),
+    // A payment names its booking in `bookingId`; a booking is its own `id`.
+    fallback: Fallback::AnonymousId(&[Member("bookingId"), Member("id")]),
     properties: &[
         Rule {
             applies: Applies::Events(ORDER_EVENTS),
