@@ -301,20 +301,22 @@ pub fn stand_in_deployment(name: &str) -> k8s_openapi::api::apps::v1::Deployment
 }
 
 /// Waits until `client` may list bridges in `namespace` (all namespaces for `None`) and, when
-/// `lease_namespace` is given, read Leases there. The apiserver's RBAC view follows new
+/// `lease` (namespace, name) is given, read that Lease. The apiserver's RBAC view follows new
 /// (Cluster)RoleBindings through a watch, so it can lag `helm install` by a moment; a test must
-/// not mistake that lag for a missing grant, nor start the operator before it is over.
+/// not mistake that lag for a missing grant, nor start the operator before it is over. The Lease
+/// grant is limited to the operator's own Lease by name, so probe exactly that name.
 pub async fn wait_until_authorized(
     client: &Client,
     namespace: Option<&str>,
-    lease_namespace: Option<&str>,
+    lease: Option<(&str, &str)>,
 ) {
     use k8s_openapi::api::coordination::v1::Lease;
     let bridges: Api<kube::api::DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &bridge_resource()),
         None => Api::all_with(client.clone(), &bridge_resource()),
     };
-    let leases: Option<Api<Lease>> = lease_namespace.map(|ns| Api::namespaced(client.clone(), ns));
+    let leases: Option<(Api<Lease>, String)> =
+        lease.map(|(ns, name)| (Api::namespaced(client.clone(), ns), name.to_owned()));
     eventually(
         "the ServiceAccount's RBAC to take effect",
         Duration::from_secs(120),
@@ -325,8 +327,8 @@ pub async fn wait_until_authorized(
                     .list(&kube::api::ListParams::default().limit(1))
                     .await
                     .ok()?;
-                if let Some(leases) = leases {
-                    leases.get_opt("probe").await.ok()?;
+                if let Some((leases, name)) = leases {
+                    leases.get_opt(&name).await.ok()?;
                 }
                 Some(())
             }
@@ -334,6 +336,9 @@ pub async fn wait_until_authorized(
     )
     .await;
 }
+
+/// The Lease name the chart gives the operator by default (`leaderElection.leaseName`).
+pub const DEFAULT_LEASE_NAME: &str = "seshn-segment-operator";
 
 /// True when `err` is the apiserver refusing for lack of permission (HTTP 403).
 pub fn is_forbidden(err: &kube::Error) -> bool {

@@ -343,7 +343,7 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     e2e::wait_until_authorized(
         &tb.client_with_token(&token).await,
         Some(&tenant_ns),
-        Some(&release_ns),
+        Some((&release_ns, e2e::DEFAULT_LEASE_NAME)),
     )
     .await;
     let op_deploy = Api::<Deployment>::namespaced(admin.clone(), &release_ns)
@@ -442,6 +442,26 @@ async fn helm_install_then_a_tenant_bridge_delivers_signed_events_to_segment() {
     );
     // Seshn posts to the registered URL's path (a gateway may keep a prefix in front of it).
     let hook_path = format!("/{}", webhook.url.splitn(4, '/').nth(3).unwrap_or_default());
+
+    // The operator recorded the registration as an events.k8s.io/v1 Event, with the chart's
+    // RBAC (the only Events API it is granted).
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(admin.clone(), &tenant_ns);
+    eventually("a WebhookCreated Event about the bridge", LIMIT, || {
+        let (events, name) = (events.clone(), bridge_name.clone());
+        async move {
+            let list = events.list(&kube::api::ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("WebhookCreated")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some(name.as_str())
+                })
+                .then_some(())
+        }
+    })
+    .await;
 
     step("bridge Ready, webhook registered");
     // A bridge outside the watched namespaces is none of this operator's business.

@@ -3,17 +3,20 @@
 //! kube-apiserver, then the operator's ServiceAccount token is used as a client: it can do the
 //! operator's job and nothing more. `helm uninstall` keeps the CRD (crds.keep).
 //!
-//! One test per file: every test binary gets its own apiserver, and the CRD is cluster-scoped.
+//! The CRD is cluster-scoped, so installs must not share a control plane: nextest runs every test
+//! in its own process, and the test bed starts one control plane per process, so each test gets
+//! its own apiserver (one test per file keeps that true under plain `cargo test` as well).
 
 use std::time::Duration;
 
 use e2e::{
-    CRD_NAME, Helm, bridge, bridge_resource, chart_dir, eventually, is_forbidden,
-    service_account_token, stand_in_deployment,
+    CRD_NAME, DEFAULT_LEASE_NAME, Helm, bridge, bridge_resource, chart_dir, eventually,
+    is_forbidden, service_account_token, stand_in_deployment,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -109,7 +112,7 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
     // The chart's ServiceAccount, not the admin.
     let token = service_account_token(&admin, &release_ns, RELEASE).await;
     let op = tb.client_with_token(&token).await;
-    e2e::wait_until_authorized(&op, None, Some(&release_ns)).await;
+    e2e::wait_until_authorized(&op, None, Some((&release_ns, DEFAULT_LEASE_NAME))).await;
 
     // Tenant state the operator works with, made by the admin (as a tenant would).
     let admin_bridges: Api<DynamicObject> =
@@ -172,6 +175,10 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
         )
         .await
         .expect("operator creates the forwarder Deployment");
+    deployments
+        .delete("acme-forwarder", &DeleteParams::background())
+        .await
+        .expect("operator deletes a workload of the wrong kind (Deployment <-> StatefulSet)");
     let services: Api<Service> = Api::namespaced(op.clone(), &tenant_ns);
     services
         .create(
@@ -184,6 +191,22 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
         )
         .await
         .expect("operator creates the Service");
+    let err = services
+        .delete("acme-forwarder", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        is_forbidden(&err),
+        "Services are garbage-collected, never deleted by the operator: {err}"
+    );
+    let err = secrets
+        .delete("acme-webhook-signing", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        is_forbidden(&err),
+        "Secrets are garbage-collected, never deleted by the operator: {err}"
+    );
     let ingresses: Api<Ingress> = Api::namespaced(op.clone(), &tenant_ns);
     ingresses
         .create(
@@ -199,15 +222,67 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
         )
         .await
         .expect("operator creates the Ingress");
-    let leases: Api<Lease> = Api::namespaced(op.clone(), &release_ns);
-    leases
+    // Events: kube-runtime's Recorder writes events.k8s.io/v1 only.
+    let events: Api<Event> = Api::namespaced(op.clone(), &tenant_ns);
+    events
+        .create(&PostParams::default(), &bridge_event(&tenant_ns))
+        .await
+        .expect("operator records an events.k8s.io/v1 Event");
+    let core_events: Api<CoreEvent> = Api::namespaced(op.clone(), &tenant_ns);
+    let err = core_events
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "seshn-segment-operator"}}))
-                .unwrap(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "acme.core"},
+                "involvedObject": {"kind": "SeshnSegmentBridge", "name": "acme", "namespace": tenant_ns},
+                "reason": "Probe"
+            }))
+            .unwrap(),
         )
         .await
-        .expect("operator takes its Lease (leader election on)");
+        .unwrap_err();
+    assert!(is_forbidden(&err), "no core v1 Events: {err}");
+
+    // Leader election: its own Lease by name (create, get, update), no other Lease.
+    let leases: Api<Lease> = Api::namespaced(op.clone(), &release_ns);
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": DEFAULT_LEASE_NAME}})).unwrap();
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("operator creates its Lease (leader election on)");
+    let mut ours = leases
+        .get(DEFAULT_LEASE_NAME)
+        .await
+        .expect("operator reads its Lease");
+    ours.spec = Some(serde_json::from_value(json!({"holderIdentity": "e2e"})).unwrap());
+    leases
+        .replace(DEFAULT_LEASE_NAME, &PostParams::default(), &ours)
+        .await
+        .expect("operator renews its Lease");
+    // Someone else's Lease in the same namespace (created by the admin): out of reach.
+    let admin_leases: Api<Lease> = Api::namespaced(admin.clone(), &release_ns);
+    let mut other: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "another-controller"}})).unwrap();
+    other = admin_leases
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    let err = leases.get("another-controller").await.unwrap_err();
+    assert!(is_forbidden(&err), "reading another Lease: {err}");
+    other.spec = Some(serde_json::from_value(json!({"holderIdentity": "e2e"})).unwrap());
+    let err = leases
+        .replace("another-controller", &PostParams::default(), &other)
+        .await
+        .unwrap_err();
+    assert!(is_forbidden(&err), "taking over another Lease: {err}");
+    let err = leases.list(&ListParams::default()).await.unwrap_err();
+    assert!(is_forbidden(&err), "listing Leases: {err}");
+    let err = leases
+        .delete(DEFAULT_LEASE_NAME, &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(is_forbidden(&err), "deleting its Lease: {err}");
 
     // --- and nothing more ---
     let err = bridges
@@ -294,6 +369,26 @@ async fn cluster_mode_install_grants_exactly_the_operators_job_and_keeps_the_crd
         },
     )
     .await;
+}
+
+/// An events.k8s.io/v1 Event about bridge `acme`, as kube-runtime's Recorder writes it.
+fn bridge_event(ns: &str) -> Event {
+    serde_json::from_value(json!({
+        "metadata": {"name": "acme.probe"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "seshn-segment-operator",
+        "reportingInstance": "e2e",
+        "action": "Reconcile",
+        "reason": "Probe",
+        "type": "Normal",
+        "regarding": {
+            "apiVersion": "integrations.seshn.net/v1alpha1",
+            "kind": "SeshnSegmentBridge",
+            "name": "acme",
+            "namespace": ns
+        }
+    }))
+    .unwrap()
 }
 
 /// Every manifest in `examples/` is accepted by the real apiserver (server-side dry run), so a

@@ -3,7 +3,9 @@
 //! operator's ServiceAccount can work in the watched namespaces and nowhere else (in particular it
 //! cannot read a Secret outside them). With `crds.keep=false`, `helm uninstall` removes the CRD.
 //!
-//! One test per file: every test binary gets its own apiserver, and the CRD is cluster-scoped.
+//! The CRD is cluster-scoped, so installs must not share a control plane: nextest runs every test
+//! in its own process, and the test bed starts one control plane per process, so each test gets
+//! its own apiserver (one test per file keeps that true under plain `cargo test` as well).
 
 use std::time::Duration;
 
