@@ -2,7 +2,9 @@
 //! Offline chart tests: `helm lint --strict`, `helm template` for the default values and every
 //! `examples/values-*.yaml`, the values schema, and what the rendered objects must contain.
 
+use bridge_api::SeshnSegmentBridge;
 use e2e::{Helm, chart_dir, example_values_files, of_kind, one_of_kind, repo_root};
+use operator::build::{Workload, build};
 use serde_json::Value;
 
 fn file_arg(p: &std::path::Path) -> String {
@@ -55,6 +57,26 @@ fn schema_rejects_mistyped_and_unknown_values() {
             "/watchNamespaces/0",
         ),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
+        // Security contexts list the Kubernetes fields: a typo must not pass silently (here the
+        // intended readOnlyRootFilesystem would stay unset).
+        (
+            &["--set", "securityContext.readOnlyRootFileSystem=true"],
+            "readOnlyRootFileSystem",
+        ),
+        (
+            &["--set", "securityContext.capabilities.dorp[0]=ALL"],
+            "dorp",
+        ),
+        (
+            &["--set", "securityContext.allowPrivilegeEscalation=no"],
+            "/securityContext/allowPrivilegeEscalation",
+        ),
+        (&["--set", "podSecurityContext.runAsUsr=1000"], "runAsUsr"),
+        (
+            &["--set", "podSecurityContext.seccompProfile.type=Default"],
+            "/podSecurityContext/seccompProfile/type",
+        ),
+        (&["--set", "affinity.nodeAfinity.x=1"], "nodeAfinity"),
     ];
     for (args, mentions) in cases {
         let mut full = vec!["template", "t", chart.as_str()];
@@ -101,6 +123,62 @@ fn chart_guards_unsafe_combinations() {
         "both minAvailable and maxUnavailable must be refused"
     );
     assert!(out.stderr.contains("exactly one"), "{}", out.stderr);
+}
+
+/// A PodDisruptionBudget that allows no eviction would block every node drain: the chart refuses
+/// it with a message that says what to set instead, and accepts the budgets that allow one.
+#[test]
+fn pod_disruption_budget_never_blocks_node_drains() {
+    let helm = Helm::new();
+    let chart = file_arg(&chart_dir());
+    let refused = [
+        // The defaults with one replica: minAvailable 1 of 1.
+        "podDisruptionBudget.enabled=true",
+        "podDisruptionBudget.enabled=true,replicaCount=2,leaderElection.enabled=true,\
+         podDisruptionBudget.minAvailable=2",
+        "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=50%",
+        "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=null,\
+         podDisruptionBudget.maxUnavailable=0",
+        "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=null,\
+         podDisruptionBudget.maxUnavailable=0%",
+    ];
+    for set in refused {
+        let out = helm.run(["template", "t", &chart, "--set", set]);
+        assert!(
+            !out.success,
+            "a PDB allowing no eviction was rendered: {set}"
+        );
+        assert!(
+            out.stderr.contains("would block every node drain")
+                && out.stderr.contains("maxUnavailable=1"),
+            "{set}: unclear refusal: {}",
+            out.stderr
+        );
+    }
+    let accepted: [(&str, &str, Value); 3] = [
+        (
+            "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=null,\
+             podDisruptionBudget.maxUnavailable=1",
+            "maxUnavailable",
+            1.into(),
+        ),
+        (
+            "podDisruptionBudget.enabled=true,replicaCount=2,leaderElection.enabled=true",
+            "minAvailable",
+            1.into(),
+        ),
+        (
+            "podDisruptionBudget.enabled=true,replicaCount=3,leaderElection.enabled=true,\
+             podDisruptionBudget.minAvailable=50%",
+            "minAvailable",
+            "50%".into(),
+        ),
+    ];
+    for (set, field, value) in accepted {
+        let docs = helm.template("t", "seshn-system", &["--set", set]);
+        let pdb = one_of_kind(&docs, "PodDisruptionBudget");
+        assert_eq!(pdb["spec"][field], value, "{set}");
+    }
 }
 
 fn container(deploy: &Value) -> &Value {
@@ -235,9 +313,113 @@ fn leader_election_adds_lease_rbac_and_rolling_updates() {
     assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
     let role = one_of_kind(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "seshn-system");
-    assert_eq!(role["rules"][0]["resources"], serde_json::json!(["leases"]));
+    // Only Leases; get/update only on the operator's own Lease, create (not limitable by name)
+    // on its own.
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    for rule in rules {
+        assert_eq!(
+            rule["apiGroups"],
+            serde_json::json!(["coordination.k8s.io"])
+        );
+        assert_eq!(rule["resources"], serde_json::json!(["leases"]));
+    }
+    let named = rules
+        .iter()
+        .find(|r| r["resourceNames"].is_array())
+        .expect("a rule limited by resourceNames");
+    assert_eq!(
+        named["resourceNames"],
+        serde_json::json!(["seshn-segment-operator"])
+    );
+    assert_eq!(named["verbs"], serde_json::json!(["get", "update"]));
+    let create = rules.iter().find(|r| r["resourceNames"].is_null()).unwrap();
+    assert_eq!(create["verbs"], serde_json::json!(["create"]));
     let pdb = one_of_kind(&docs, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+    // The Lease name in the Role follows the value the operator is given.
+    let docs = Helm::new().template(
+        "seshn-segment",
+        "seshn-system",
+        &[
+            "--set",
+            "leaderElection.enabled=true,leaderElection.leaseName=my-lease",
+        ],
+    );
+    let role = one_of_kind(&docs, "Role");
+    assert!(
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resourceNames"] == serde_json::json!(["my-lease"])),
+        "{role}"
+    );
+    let env = container(one_of_kind(&docs, "Deployment"))["env"].clone();
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "LEASE_NAME" && e["value"] == "my-lease"),
+        "{env}"
+    );
+}
+
+/// The operator's rules grant exactly the verbs its code uses: it deletes only workloads of the
+/// wrong kind and dropped Ingresses (everything else goes by garbage collection), and records
+/// Events only through events.k8s.io (kube-runtime's Recorder).
+#[test]
+fn operator_rules_grant_only_the_verbs_the_operator_uses() {
+    let docs = Helm::new().template("seshn-segment", "seshn-system", &[]);
+    let cluster_role = of_kind(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| {
+            r["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-operator"))
+        })
+        .expect("the operator's ClusterRole");
+    let verbs_of = |group: &str, resource: &str| -> Vec<String> {
+        let mut verbs: Vec<String> = cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["apiGroups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == group)
+                    && r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == resource)
+            })
+            .flat_map(|r| r["verbs"].as_array().unwrap().clone())
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        verbs.sort();
+        verbs
+    };
+    let read_apply = ["create", "get", "list", "patch", "watch"];
+    let read_apply_delete = ["create", "delete", "get", "list", "patch", "watch"];
+    assert_eq!(verbs_of("", "secrets"), read_apply, "secrets");
+    assert_eq!(verbs_of("", "services"), read_apply, "services");
+    assert_eq!(verbs_of("apps", "deployments"), read_apply_delete);
+    assert_eq!(verbs_of("apps", "statefulsets"), read_apply_delete);
+    assert_eq!(
+        verbs_of("networking.k8s.io", "ingresses"),
+        read_apply_delete
+    );
+    assert_eq!(verbs_of("events.k8s.io", "events"), ["create", "patch"]);
+    assert!(verbs_of("", "events").is_empty(), "no core v1 Events");
+    // kube-runtime's Recorder in the locked version really writes events.k8s.io/v1.
+    let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"kube-runtime\"\nversion = \"5."),
+        "kube-runtime changed major version: re-check which Events API its Recorder writes"
+    );
 }
 
 /// Every RBAC rule in the templates is preceded by a comment saying why it exists.
@@ -312,6 +494,179 @@ fn dashboard_queries_only_metrics_the_forwarder_exports() {
             "dashboard uses {name}, but the forwarder registers no metric {base:?}"
         );
     }
+}
+
+/// The forwarder pod template the operator builds for `examples/<file>` (a bridge named as in
+/// the file, in namespace `acme`): its labels and its container's named ports.
+fn forwarder_pod(file: &str) -> (String, Value, Vec<String>) {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(file)).unwrap();
+    let doc = e2e::parse_manifests(&text)
+        .into_iter()
+        .find(|d| d["kind"] == "SeshnSegmentBridge")
+        .unwrap_or_else(|| panic!("examples/{file}: no bridge"));
+    let mut bridge: SeshnSegmentBridge = serde_json::from_value(doc).unwrap();
+    bridge.metadata.namespace = Some("acme".into());
+    bridge.metadata.uid = Some("uid-1".into());
+    let v = operator::validate::validate(&bridge, &operator::Config::new("img:1")).unwrap();
+    let template = match build(&bridge, &v, "checksum").workload {
+        Workload::Deployment(d) => d.spec.unwrap().template,
+        Workload::StatefulSet(s) => s.spec.unwrap().template,
+    };
+    let labels = serde_json::to_value(template.metadata.unwrap().labels.unwrap()).unwrap();
+    let ports = template.spec.unwrap().containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    (bridge.metadata.name.unwrap(), labels, ports)
+}
+
+/// Prometheus' name for a pod label in service discovery (`__meta_kubernetes_pod_label_<name>`,
+/// every character outside `[a-zA-Z0-9_]` turned into `_`).
+fn pod_label_meta(label: &str) -> String {
+    let sanitized: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("__meta_kubernetes_pod_label_{sanitized}")
+}
+
+/// The PodMonitor selects the forwarder pods exactly as the operator labels them (for a
+/// Deployment and a StatefulSet bridge), scrapes a port the forwarder container names, and
+/// takes the dashboard's `bridge` label from a pod label that holds the bridge's name. It does
+/// not select the operator's own pod.
+#[test]
+fn pod_monitor_selects_the_forwarder_pods_the_operator_builds() {
+    let docs = Helm::new().template(
+        "seshn-segment",
+        "seshn-system",
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,serviceMonitor.forwarders.enabled=true",
+        ],
+    );
+    let pm = one_of_kind(&docs, "PodMonitor");
+    let selector = pm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    assert!(!selector.is_empty(), "an empty selector matches every pod");
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    let relabel_source = |target: &str| -> String {
+        let r = endpoint["relabelings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["targetLabel"] == target)
+            .unwrap_or_else(|| panic!("no relabeling to {target}"));
+        assert_eq!(r["sourceLabels"].as_array().unwrap().len(), 1, "{r}");
+        r["sourceLabels"][0].as_str().unwrap().to_owned()
+    };
+    let bridge_source = relabel_source("bridge");
+    assert_eq!(relabel_source("namespace"), "__meta_kubernetes_namespace");
+    for file in ["bridge.yaml", "pvc-spool.yaml"] {
+        let (bridge_name, labels, ports) = forwarder_pod(file);
+        for (k, v) in selector {
+            assert_eq!(
+                &labels[k], v,
+                "{file}: PodMonitor selects {k}={v}, the forwarder pod has {labels}"
+            );
+        }
+        let port = endpoint["port"].as_str().unwrap();
+        assert!(
+            ports.iter().any(|p| p == port),
+            "{file}: PodMonitor scrapes port {port:?}, the forwarder names {ports:?}"
+        );
+        let bridge_label = labels
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| pod_label_meta(k) == bridge_source)
+            .unwrap_or_else(|| {
+                panic!("{file}: `bridge` comes from {bridge_source}, no such pod label in {labels}")
+            });
+        assert_eq!(
+            bridge_label.1, &bridge_name,
+            "{file}: `bridge` must be the bridge's name"
+        );
+    }
+    let deploy = one_of_kind(&docs, "Deployment");
+    let operator_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        selector.iter().any(|(k, v)| &operator_labels[k] != v),
+        "the PodMonitor must not scrape the operator pod"
+    );
+}
+
+/// Latency and errors are shown per bridge: every aggregation in those panels and in the
+/// per-bridge table keeps `namespace` and `bridge` (a latency quantile of all bridges' summed
+/// histograms hides the one slow tenant), and the table has latency and error columns.
+#[test]
+fn dashboard_latency_and_errors_are_per_bridge() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("files/dashboards/booking-health.json")).unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let panel = |title: &str| {
+        panels
+            .iter()
+            .find(|p| p["title"].as_str().is_some_and(|t| t.starts_with(title)))
+            .unwrap_or_else(|| panic!("no panel {title:?}"))
+    };
+    let exprs = |p: &Value| -> Vec<String> {
+        p["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expr"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for title in ["Delivery latency", "Delivery errors", "Per bridge"] {
+        for expr in exprs(panel(title)) {
+            let groups: Vec<&str> = expr
+                .match_indices("by (")
+                .map(|(i, _)| {
+                    let rest = &expr[i + 4..];
+                    &rest[..rest.find(')').unwrap()]
+                })
+                .collect();
+            assert!(
+                !groups.is_empty(),
+                "{title}: {expr} aggregates without `by`"
+            );
+            for g in groups {
+                let labels: Vec<&str> = g.split(',').map(str::trim).collect();
+                assert!(
+                    labels.contains(&"bridge") && labels.contains(&"namespace"),
+                    "{title}: `by ({g})` mixes bridges in {expr}"
+                );
+                if expr.contains("histogram_quantile") {
+                    assert!(labels.contains(&"le"), "{title}: {expr}");
+                }
+            }
+        }
+    }
+    let table = panel("Per bridge");
+    let table_exprs = exprs(table).join("\n");
+    for metric in [
+        "seshn_forwarder_delivery_latency_seconds_bucket",
+        "seshn_forwarder_batches_total",
+        "seshn_forwarder_delivery_attempts_failed_total",
+    ] {
+        assert!(
+            table_exprs.contains(metric),
+            "the per-bridge table lacks {metric}"
+        );
+    }
+    let columns: Vec<&str> = table["transformations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["options"]["renameByName"].as_object())
+        .flat_map(|m| m.values().filter_map(Value::as_str))
+        .collect();
+    assert!(columns.iter().any(|c| c.contains("latency")), "{columns:?}");
+    assert!(columns.iter().any(|c| c.contains("failed")), "{columns:?}");
 }
 
 /// Every environment variable the chart gives the operator is one the binary reads (clap
