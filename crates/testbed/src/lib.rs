@@ -5,7 +5,12 @@
 //! No kubelet or scheduler runs, so Pods never start and Deployments never become Available by
 //! themselves. Every process is put in its own process group and watched by a small watchdog
 //! that kills it (by pid) as soon as the test process is gone, whether it exited, panicked or was
-//! killed: nothing outlives the test binary.
+//! killed: nothing outlives the test binary (`tests/teardown.rs` proves it).
+//!
+//! Logs, certificates and the kubeconfig live in one directory per control plane. The watchdogs
+//! delete it when the test process ends, unless the process panicked: then a panic hook prints
+//! the directory, the state of every process and the log tail of any that died, and the
+//! directory is kept (without etcd's data) for a look at the full logs.
 //!
 //! Binaries come from `scripts/k8s/install.sh`; when they are missing, [`testbed`] panics with
 //! that exact command. It never skips.
@@ -15,7 +20,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, Once, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -47,8 +52,13 @@ pub enum TestbedError {
         log: String,
         tail: String,
     },
-    #[error("kube-apiserver was not ready within {0:?}")]
-    NotReady(Duration),
+    #[error("{what} was not ready within {limit:?}; last lines of {log}:\n{tail}")]
+    NotReady {
+        what: &'static str,
+        limit: Duration,
+        log: String,
+        tail: String,
+    },
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
 }
@@ -66,9 +76,55 @@ pub struct Testbed {
     ca_pem: String,
     admin_token: String,
     kubeconfig_path: PathBuf,
+    /// etcd, kube-apiserver, kube-controller-manager (empty while starting).
+    children: Mutex<Vec<(&'static str, Child)>>,
 }
 
 static TESTBED: OnceLock<Testbed> = OnceLock::new();
+
+/// Directories of control planes started in this process, kept when the process panics.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Name of the marker file that tells the watchdogs to keep a directory (minus etcd's data).
+const KEEP_MARKER: &str = "KEEP";
+
+/// The control plane of this process, if [`testbed`] has started one (never starts one).
+pub fn running() -> Option<&'static Testbed> {
+    TESTBED.get()
+}
+
+/// On a panic anywhere in the test process: mark every test bed directory to be kept, and print
+/// where it is and what state its processes are in (after the default panic message).
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let dirs = DIRS.lock().map(|d| d.clone()).unwrap_or_default();
+            for dir in dirs {
+                let _ = std::fs::write(dir.join(KEEP_MARKER), b"a test panicked\n");
+                eprintln!(
+                    "test bed: logs kept in {} (etcd, kube-apiserver, kube-controller-manager)",
+                    dir.display()
+                );
+            }
+            if let Some(tb) = TESTBED.get() {
+                eprintln!("{}", tb.report());
+            }
+        }));
+    });
+}
+
+fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    let mut out = String::new();
+    for line in tail.into_iter().rev() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
 
 /// The control plane of this test process, started on first use.
 ///
@@ -130,6 +186,60 @@ impl Testbed {
     /// The directory holding logs, certificates and the kubeconfig of this control plane.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The processes of this control plane: (name, pid) of etcd, kube-apiserver and
+    /// kube-controller-manager.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, child)| (*name, child.id()))
+            .collect()
+    }
+
+    /// Whether each process still runs, with the log tail of any that exited: what a failing
+    /// test needs to tell "my code is wrong" from "the control plane died".
+    pub fn report(&self) -> String {
+        let mut out = format!("test bed in {}:\n", self.dir.display());
+        // try_lock: the panic hook calls this, possibly while this thread holds the lock.
+        let Ok(mut children) = self.children.try_lock() else {
+            return out;
+        };
+        for (name, child) in children.iter_mut() {
+            let log = self.dir.join(format!("{name}.log"));
+            match child.try_wait() {
+                Ok(None) => {
+                    let _ = writeln!(out, "  {name} (pid {}) running", child.id());
+                }
+                Ok(Some(status)) => {
+                    let _ = writeln!(
+                        out,
+                        "  {name} (pid {}) EXITED with {status}; last lines of {}:\n{}",
+                        child.id(),
+                        log.display(),
+                        log_tail(&log, 30)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  {name} (pid {}): {e}", child.id());
+                }
+            }
+        }
+        out
+    }
+
+    /// Panics with [`Testbed::report`] unless every process of the control plane still runs.
+    #[track_caller]
+    pub fn assert_running(&self) {
+        let all_running = self
+            .children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter_mut()
+            .all(|(_, c)| matches!(c.try_wait(), Ok(None)));
+        assert!(all_running, "{}", self.report());
     }
 
     /// A client for the cluster admin. Make one per test: a client is bound to the runtime it was
@@ -194,33 +304,50 @@ impl Testbed {
     /// Starts a control plane from the binaries in `k8s_bin` (etcd from `$PATH`), without
     /// sharing it. [`testbed`] is what tests normally want.
     pub fn start_with(k8s_bin: &Path) -> Result<Self, TestbedError> {
-        Self::start(&Binaries::locate(k8s_bin)?)
-    }
-
-    fn start_with_retries() -> Result<Self, TestbedError> {
-        let k8s_bin = PathBuf::from(
-            std::env::var("SESHN_K8S_BIN").unwrap_or_else(|_| DEFAULT_K8S_BIN.to_owned()),
-        );
-        let bins = Binaries::locate(&k8s_bin)?;
-        // A free port can be taken between probing and binding; a second attempt gets new ports.
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start(&bins) {
-                Ok(tb) => return Ok(tb),
-                Err(e @ TestbedError::Missing { .. }) => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(TestbedError::NotReady(Duration::ZERO)))
-    }
-
-    fn start(bins: &Binaries) -> Result<Self, TestbedError> {
         let dir = std::env::temp_dir().join(format!(
             "seshn-testbed-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
+        Self::start(&Binaries::locate(k8s_bin)?, &dir)
+    }
+
+    fn start_with_retries() -> Result<Self, TestbedError> {
+        // A free port can be taken between probing and binding; a second attempt gets new ports.
+        const ATTEMPTS: usize = 3;
+        let k8s_bin = PathBuf::from(
+            std::env::var("SESHN_K8S_BIN").unwrap_or_else(|_| DEFAULT_K8S_BIN.to_owned()),
+        );
+        let bins = Binaries::locate(&k8s_bin)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = std::env::temp_dir().join(format!(
+                "seshn-testbed-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            match Self::start(&bins, &dir) {
+                Ok(tb) => return Ok(tb),
+                Err(e) if matches!(e, TestbedError::Missing { .. }) || attempt == ATTEMPTS => {
+                    return Err(e);
+                }
+                // Retried: this attempt's directory goes with its processes.
+                Err(_) => DIRS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|d| d != &dir),
+            }
+        }
+    }
+
+    fn start(bins: &Binaries, dir: &Path) -> Result<Self, TestbedError> {
+        let dir = dir.to_owned();
         std::fs::create_dir_all(dir.join("certs")).map_err(io("create the test bed directory"))?;
+        install_panic_hook();
+        DIRS.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(dir.clone());
         let mut procs = Processes::new(&dir);
 
         let etcd_port = free_port()?;
@@ -282,6 +409,7 @@ impl Testbed {
             ca_pem,
             admin_token,
             kubeconfig_path: kubeconfig_path.clone(),
+            children: Mutex::new(Vec::new()),
         };
         std::fs::write(&kubeconfig_path, tb.kubeconfig_yaml(&tb.admin_token))
             .map_err(io("write the kubeconfig"))?;
@@ -298,19 +426,23 @@ impl Testbed {
                 .arg("--use-service-account-credentials=false")
                 .current_dir(&dir),
         )?;
-        procs.disarm();
+        tb.wait_controller_manager(&mut procs)?;
+        *tb.children.lock().unwrap_or_else(PoisonError::into_inner) = procs.disarm();
         Ok(tb)
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime, TestbedError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("build a runtime"))
     }
 
     /// Polls `/readyz` until it answers `ok`, failing fast when the apiserver dies.
     fn wait_ready(&self, procs: &mut Processes) -> Result<(), TestbedError> {
         let limit = Duration::from_secs(90);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io("build a runtime"))?;
         let deadline = Instant::now() + limit;
-        runtime.block_on(async {
+        Self::runtime()?.block_on(async {
             let client = self.client().await;
             loop {
                 let req = readyz_request();
@@ -321,7 +453,45 @@ impl Testbed {
                 }
                 procs.check_alive()?;
                 if Instant::now() > deadline {
-                    return Err(TestbedError::NotReady(limit));
+                    return Err(procs.not_ready("kube-apiserver", limit));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    /// Waits for a sign that kube-controller-manager works: its service-account and token
+    /// controllers give the `default` ServiceAccount of namespace `default` a token Secret (the
+    /// tests' ServiceAccount tokens come from the same controllers; the garbage collector and
+    /// namespace controller start with them). Fails fast, with its log, when it dies.
+    fn wait_controller_manager(&self, procs: &mut Processes) -> Result<(), TestbedError> {
+        use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+        let limit = Duration::from_secs(90);
+        let deadline = Instant::now() + limit;
+        Self::runtime()?.block_on(async {
+            let client = self.client().await;
+            let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+            let secrets: Api<Secret> = Api::namespaced(client, "default");
+            loop {
+                let token_names: Vec<String> = match sas.get_opt("default").await {
+                    Ok(Some(sa)) => sa
+                        .secrets
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|r| r.name)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for name in token_names {
+                    if let Ok(Some(secret)) = secrets.get_opt(&name).await
+                        && secret.data.is_some_and(|d| d.contains_key("token"))
+                    {
+                        return Ok(());
+                    }
+                }
+                procs.check_alive()?;
+                if Instant::now() > deadline {
+                    return Err(procs.not_ready("kube-controller-manager", limit));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -421,7 +591,7 @@ fn wait_for_serving_ca(dir: &Path, procs: &mut Processes) -> Result<String, Test
         }
         procs.check_alive()?;
         if Instant::now() > deadline {
-            return Err(TestbedError::NotReady(Duration::from_secs(60)));
+            return Err(procs.not_ready("kube-apiserver", Duration::from_secs(60)));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -470,24 +640,30 @@ impl Processes {
         for (name, child) in &mut self.children {
             if let Ok(Some(_)) = child.try_wait() {
                 let log = self.dir.join(format!("{name}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                let mut out = String::new();
-                for line in tail.into_iter().rev() {
-                    let _ = writeln!(out, "  {line}");
-                }
                 return Err(TestbedError::Exited {
                     what: name,
                     log: log.display().to_string(),
-                    tail: out,
+                    tail: log_tail(&log, 20),
                 });
             }
         }
         Ok(())
     }
 
-    fn disarm(&mut self) {
+    fn not_ready(&self, what: &'static str, limit: Duration) -> TestbedError {
+        let log = self.log_path(what);
+        TestbedError::NotReady {
+            what,
+            limit,
+            log: log.display().to_string(),
+            tail: log_tail(&log, 30),
+        }
+    }
+
+    /// Start-up succeeded: from now on the watchdogs (and the [`Testbed`]) own the processes.
+    fn disarm(&mut self) -> Vec<(&'static str, Child)> {
         self.armed = false;
+        std::mem::take(&mut self.children)
     }
 }
 
@@ -503,15 +679,17 @@ impl Drop for Processes {
 }
 
 /// A detached `sh` loop that waits for this test process to disappear, then stops `pid`
-/// (TERM, then KILL) and removes the test bed directory. It outlives panics, aborts and kill -9
-/// of the test process, which in-process destructors cannot.
+/// (TERM, then KILL) and removes the test bed directory, or, when a panic marked it to be kept,
+/// only etcd's data in it. It outlives panics, aborts and kill -9 of the test process, which
+/// in-process destructors cannot.
 fn spawn_watchdog(pid: u32, dir: &Path) -> Result<(), TestbedError> {
     let me = std::process::id();
+    let dir = dir.display();
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill {pid} 2>/dev/null; \
          for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.3; done; \
-         kill -9 {pid} 2>/dev/null; rm -rf '{}'",
-        dir.display()
+         kill -9 {pid} 2>/dev/null; \
+         if [ -e '{dir}/{KEEP_MARKER}' ]; then rm -rf '{dir}/etcd'; else rm -rf '{dir}'; fi"
     );
     Command::new("sh")
         .args(["-c", &script])
