@@ -120,8 +120,10 @@ async fn wait_for_signal() {
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr: stdout may carry the batches (`--segment-endpoint -`).
+    // Colours only for a terminal: escape codes would garble log files and collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
