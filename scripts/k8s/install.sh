@@ -11,10 +11,16 @@ need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+die() { echo "[install] ERROR: $*" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "${need[*]} missing and not root; run: sudo bash scripts/k8s/install.sh"
+  command -v apt-get >/dev/null \
+    || die "${need[*]} missing and no apt-get (the scripts expect Debian 12 bookworm); install them with your package manager"
   log "installing ${need[*]} from Debian"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get update -qq \
+    || die "apt-get update failed (network, proxy or a broken entry in /etc/apt/sources.list*); see the messages above, fix it, then rerun: sudo bash scripts/k8s/install.sh"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || die "apt-get install ${need[*]} failed; run it by hand to see why: sudo apt-get install --no-install-recommends ${need[*]}"
 fi
 bash "$here/build-apiserver.sh"
 bash "$here/install-tools.sh"
