@@ -1,42 +1,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Nothing the test bed starts outlives the test process: not when the process ends normally and
-//! not when a test panics. Each parent test runs this same test binary again as a child process
-//! (one `#[ignore]`d child test, selected with `--exact --ignored`), which starts the test bed,
-//! writes the pids of etcd, kube-apiserver and kube-controller-manager and its directory to a file,
-//! and then ends (or panics). The parent then requires every recorded process to be gone within
+//! not when a test panics. Each test runs the `testbed-teardown-child` binary as a child process,
+//! which starts the test bed, writes the pids of etcd, kube-apiserver and kube-controller-manager
+//! and its directory to a file, and then ends (or panics). The parent then requires every recorded process to be gone within
 //! a deadline, and checks what was kept of the directory.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where the child writes what it started; unset, the child test does nothing.
-const RECORD_ENV: &str = "TESTBED_TEARDOWN_RECORD";
-/// "panic" makes the child panic after recording.
-const MODE_ENV: &str = "TESTBED_TEARDOWN_MODE";
-const CHILD_TEST: &str = "child_starts_the_test_bed";
 const EXPECTED: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 /// The watchdogs poll every 0.5 s and wait up to 3 s between TERM and KILL.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-#[test]
-#[ignore = "started as a subprocess by the teardown tests"]
-fn child_starts_the_test_bed() {
-    let Some(record) = std::env::var_os(RECORD_ENV) else {
-        return;
-    };
-    let tb = testbed::testbed();
-    let mut lines = format!("dir {}\n", tb.dir().display());
-    for (name, pid) in tb.pids() {
-        writeln!(lines, "pid {name} {pid}").unwrap();
-    }
-    std::fs::write(record, lines).unwrap();
-    assert!(
-        std::env::var(MODE_ENV).as_deref() != Ok("panic"),
-        "deliberate panic with the test bed running"
-    );
-}
 
 struct Recorded {
     dir: PathBuf,
@@ -48,11 +23,9 @@ struct Recorded {
 fn run_child(mode: &str) -> Recorded {
     let work = tempfile_dir();
     let record = work.join("record");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(RECORD_ENV, &record)
-        .env(MODE_ENV, mode)
+    let mut child = Command::new(env!("CARGO_BIN_EXE_testbed-teardown-child"))
+        .arg(&record)
+        .arg(mode)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(work.join("stderr")).unwrap())
@@ -67,7 +40,7 @@ fn run_child(mode: &str) -> Recorded {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the child test did not finish within 180 s");
+            panic!("the child did not finish within 180 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
