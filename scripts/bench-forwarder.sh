@@ -17,7 +17,7 @@ OUTAGE_SECS=${OUTAGE_SECS:-30}
 FWD_CORE=${FWD_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 SPOOL_MAX_BYTES=${SPOOL_MAX_BYTES:-256MiB}
-BIN="$ROOT/target/release"
+BIN=${BIN:-"$ROOT/target/release"}  # override to compare builds
 SECRET=bench-webhook-secret
 KEY=bench-write-key
 
