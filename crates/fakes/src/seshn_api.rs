@@ -26,7 +26,7 @@ mod store;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -105,8 +105,8 @@ struct Shared {
     store: Store,
     faults: VecDeque<(Option<Op>, Fault)>,
     latency: Duration,
-    /// The most recent calls (at most [`MAX_CALL_LOG`]).
-    calls: VecDeque<Call>,
+    /// The most recent calls (at most [`MAX_CALL_LOG`]), with when each was answered.
+    calls: VecDeque<(Instant, Call)>,
     /// Exact counts per (API key, operation), kept apart from the capped log.
     counts: HashMap<(Option<String>, Op), usize>,
 }
@@ -123,7 +123,7 @@ impl Shared {
         if self.calls.len() >= MAX_CALL_LOG {
             self.calls.pop_front();
         }
-        self.calls.push_back(call);
+        self.calls.push_back((Instant::now(), call));
     }
 }
 
@@ -217,6 +217,12 @@ impl FakeSeshn {
         lock(&self.app).store.delete_out_of_band(id)
     }
 
+    /// Disables or enables a webhook as someone in Seshn's dashboard would (the API cannot);
+    /// true if it existed.
+    pub fn set_webhook_enabled_out_of_band(&self, id: &str, enabled: bool) -> bool {
+        lock(&self.app).store.set_enabled_out_of_band(id, enabled)
+    }
+
     /// Creates a webhook for `api_key` as someone in Seshn's dashboard would.
     pub fn insert_webhook_out_of_band(
         &self,
@@ -258,6 +264,16 @@ impl FakeSeshn {
 
     /// The requests so far (the last [`MAX_CALL_LOG`]), in the order they were answered.
     pub fn calls(&self) -> Vec<Call> {
+        lock(&self.app)
+            .calls
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// Like [`FakeSeshn::calls`], each with the instant its answer was decided (before any
+    /// bytes of it were sent): a test can check how long a client waited between calls.
+    pub fn timed_calls(&self) -> Vec<(Instant, Call)> {
         lock(&self.app).calls.iter().cloned().collect()
     }
 

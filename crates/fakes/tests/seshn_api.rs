@@ -520,6 +520,51 @@ async fn out_of_band_changes_are_visible() {
 }
 
 #[tokio::test]
+async fn a_webhook_disabled_out_of_band_reads_as_disabled_until_enabled_again() {
+    let api = Api::start().await;
+    let hook = api
+        .fake
+        .insert_webhook_out_of_band(KEY, "https://h.example/x", &[]);
+    assert!(hook.enabled);
+    assert!(api.fake.set_webhook_enabled_out_of_band(&hook.id, false));
+    let get = || api.req(Method::GET, &format!("/v1/webhooks/{}", hook.id));
+    assert_eq!(api.send(get()).await.1["enabled"], false);
+    let (_, list) = api.send(api.req(Method::GET, "/v1/webhooks")).await;
+    assert_eq!(list["data"][0]["enabled"], false);
+    // The API has no field for it: a PATCH with `enabled` changes nothing.
+    let (status, body) = api
+        .send(
+            api.req(Method::PATCH, &format!("/v1/webhooks/{}", hook.id))
+                .json(&json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["enabled"], false);
+    assert!(api.fake.set_webhook_enabled_out_of_band(&hook.id, true));
+    assert_eq!(api.send(get()).await.1["enabled"], true);
+    assert!(!api.fake.set_webhook_enabled_out_of_band("wh_999", false));
+}
+
+#[tokio::test]
+async fn timed_calls_tell_when_each_call_was_answered() {
+    let api = Api::start().await;
+    let before = Instant::now();
+    api.send(api.req(Method::GET, "/v1/webhooks")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    api.send(api.req(Method::GET, "/v1/webhooks/wh_1")).await;
+    let timed = api.fake.timed_calls();
+    assert_eq!(timed.len(), 2);
+    assert_eq!(timed[0].1.op, Op::List);
+    assert_eq!(timed[1].1.op, Op::Get);
+    assert!(timed[0].0 >= before);
+    assert!(timed[1].0.duration_since(timed[0].0) >= Duration::from_millis(50));
+    assert_eq!(
+        timed.into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
+        api.fake.calls()
+    );
+}
+
+#[tokio::test]
 async fn dropping_the_handle_stops_the_server() {
     let fake = FakeSeshn::start().await;
     let url = format!("{}/v1/webhooks", fake.url());

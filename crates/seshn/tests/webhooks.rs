@@ -579,3 +579,21 @@ async fn rate_limiter_bounds_the_request_rate_across_clients() {
     assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
     assert_eq!(fake.call_count(Op::Get), 20);
 }
+
+#[tokio::test]
+async fn a_webhook_disabled_at_seshn_reads_as_disabled() {
+    let fake = fake().await;
+    let client = client_for(&fake, KEY);
+    let created = client
+        .create(
+            &new_hook("https://hooks.example.com/hooks/uid-9", &[]),
+            "uid-9",
+        )
+        .await
+        .unwrap();
+    assert!(fake.set_webhook_enabled_out_of_band(&created.id, false));
+    assert!(!client.get(&created.id).await.unwrap().unwrap().enabled);
+    assert!(!client.list_all().await.unwrap()[0].enabled);
+    assert!(fake.set_webhook_enabled_out_of_band(&created.id, true));
+    assert!(client.get(&created.id).await.unwrap().unwrap().enabled);
+}

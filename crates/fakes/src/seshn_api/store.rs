@@ -27,7 +27,9 @@ pub struct FakeWebhook {
     pub events: Vec<String>,
     /// Signing secret (the one sent on create, or a generated one).
     pub secret: String,
-    /// Always true here: nothing in the assumed API disables a webhook.
+    /// Whether Seshn delivers to it. Nothing in the assumed API changes it (no field in create
+    /// or update); only [`super::FakeSeshn::set_webhook_enabled_out_of_band`] does, as someone
+    /// in Seshn's dashboard would.
     pub enabled: bool,
     /// Optional description.
     pub description: Option<String>,
@@ -170,6 +172,23 @@ impl Store {
         self.tenants
             .values_mut()
             .any(|t| t.webhooks.remove(&n).is_some())
+    }
+
+    /// Disables or enables a webhook whoever owns it; true if it existed.
+    pub fn set_enabled_out_of_band(&mut self, id: &str, enabled: bool) -> bool {
+        let Some(n) = id_number(id) else {
+            return false;
+        };
+        let mut found = false;
+        for hook in self
+            .tenants
+            .values_mut()
+            .filter_map(|t| t.webhooks.get_mut(&n))
+        {
+            hook.enabled = enabled;
+            found = true;
+        }
+        found
     }
 
     /// Stores a webhook for `key` as if created elsewhere (Seshn's dashboard).
