@@ -277,7 +277,11 @@ async fn webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
             }
             Err(SpoolError::Closed) => {
                 metrics.received(Some(event), Outcome::Unavailable);
-                unavailable("shutting down")
+                if spool.writer_died() {
+                    unavailable("spool unavailable")
+                } else {
+                    unavailable("shutting down")
+                }
             }
             Err(e @ SpoolError::Storage(_)) => {
                 tracing::error!(error = %e, "spooling an event failed");

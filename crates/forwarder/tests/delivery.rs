@@ -400,3 +400,72 @@ async fn configuration_errors_block_delivery_and_keep_every_event() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// A spooled record that does not read back as JSON (it should never happen: the store is
+/// checksummed) is dead-lettered as `corrupt` with its exact bytes, never sent, and the good
+/// messages around it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_spool_records_are_dead_lettered_as_corrupt_with_their_bytes() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&sink.url(), dir.path());
+    // Write the spool directly, as an earlier run would have left it.
+    {
+        let spool = forwarder::spool::Spool::open(&forwarder::spool::SpoolOptions {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            max_message_bytes: 32 * 1024,
+            cache_bytes: 1 << 20,
+            dead_letter_max_bytes: 1 << 20,
+        })
+        .unwrap();
+        let good =
+            |id: &str| format!(r#"{{"type":"track","event":"E","userId":"u","messageId":"{id}"}}"#);
+        let messages = [
+            good("before"),
+            "{\"type\":\"track\",".to_owned(),
+            good("after"),
+        ];
+        spool
+            .append(&messages, std::time::SystemTime::now())
+            .await
+            .unwrap();
+        spool.close();
+    }
+    let running = common::start(cfg).await;
+    let addr = running.addr();
+    let http = client();
+    assert!(
+        sink.wait_for_unique_messages(2, Duration::from_secs(20))
+            .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(
+                &http,
+                addr,
+                r#"seshn_forwarder_dead_letters_total{reason="corrupt"}"#,
+            )
+            .await
+                == Some(1.0)
+                && metric(&http, addr, "seshn_forwarder_dead_letter_messages").await == Some(1.0)
+        })
+        .await
+    );
+    let ids: Vec<String> = sink
+        .unique_messages()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+    let state = std::sync::Arc::clone(running.state());
+    running.shutdown();
+    running.wait().await.unwrap();
+    drop(state);
+    let mut out = Vec::new();
+    forwarder::spool::dump_dead_letters(dir.path(), &mut out).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out).unwrap().trim()).unwrap();
+    assert_eq!(line["reason"], "corrupt");
+    assert_eq!(line["text"], "{\"type\":\"track\",");
+}
