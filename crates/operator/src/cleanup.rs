@@ -14,9 +14,11 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use seshn::webhooks::Deleted;
 
+use crate::build::REPLACES_WEBHOOK_ANNOTATION;
 use crate::controller::Shared;
 use crate::error::{Error, WebhookError};
 use crate::resolve;
+use crate::validate::SIGNING_SECRET_SUFFIX;
 use crate::webhook::find_ours;
 
 /// Time left before the cleanup deadline of a deleted bridge (zero when passed).
@@ -29,10 +31,13 @@ pub fn time_left(bridge: &SeshnSegmentBridge, deadline: Duration) -> Duration {
     deadline.saturating_sub(elapsed)
 }
 
-async fn delete_webhook(
+/// Deletes every webhook of the bridge at Seshn: the recorded one, the one a create in flight
+/// (the pending marker) may have registered, found by our uid in its URL, and one a replacement
+/// still had to delete (named by the signing Secret). Returns the ids deleted (or gone).
+async fn delete_webhooks(
     shared: &Shared,
     bridge: &SeshnSegmentBridge,
-) -> Result<Option<String>, Error> {
+) -> Result<Vec<String>, Error> {
     let ns = bridge.namespace().ok_or(Error::MissingField("namespace"))?;
     let uid = bridge.uid().ok_or(Error::MissingField("uid"))?;
     let wh = bridge
@@ -49,28 +54,30 @@ async fn delete_webhook(
         .clone()
         .unwrap_or_else(|| shared.config.default_seshn_api_url.clone());
     let seshn = shared.seshn_client(&base, &key)?;
-    let id = if let Some(id) = wh.id {
-        Some(id)
-    } else {
+    let seshn_err = |op| move |source| Error::from(WebhookError::Seshn { op, source });
+    let mut ids: Vec<String> = wh.id.into_iter().collect();
+    if wh.pending_since.is_some() {
         // A create may have happened without its answer: find it by our uid.
-        let all = seshn
-            .list_all()
-            .await
-            .map_err(|source| WebhookError::Seshn { op: "list", source })?;
-        find_ours(&all, &uid).map(|w| w.id.clone())
-    };
-    let Some(id) = id else {
-        return Ok(None);
-    };
-    match seshn
-        .delete(&id)
-        .await
-        .map_err(|source| WebhookError::Seshn {
-            op: "delete",
-            source,
-        })? {
-        Deleted::Deleted | Deleted::AlreadyGone => Ok(Some(id)),
+        let all = seshn.list_all().await.map_err(seshn_err("list"))?;
+        let known: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if let Some(found) = find_ours(&all, &uid, &known) {
+            ids.push(found.id.clone());
+        }
     }
+    let signing = format!("{}{}", bridge.name_any(), SIGNING_SECRET_SUFFIX);
+    if let Some(s) = secrets.get_opt(&signing).await?
+        && let Some(old) = s.annotations().get(REPLACES_WEBHOOK_ANNOTATION)
+        && !old.is_empty()
+        && !ids.contains(old)
+    {
+        ids.push(old.clone());
+    }
+    for id in &ids {
+        match seshn.delete(id).await.map_err(seshn_err("delete"))? {
+            Deleted::Deleted | Deleted::AlreadyGone => {}
+        }
+    }
+    Ok(ids)
 }
 
 /// The finalizer's cleanup.
@@ -95,23 +102,23 @@ pub async fn cleanup(bridge: &SeshnSegmentBridge, shared: &Shared) -> Result<Act
     let wh = bridge.status.as_ref().and_then(|s| s.webhook.as_ref());
     let has_webhook = wh.is_some_and(|w| w.id.is_some() || w.pending_since.is_some());
     if bridge.spec.deletion_policy == DeletionPolicy::Orphan || !has_webhook {
+        // Nothing to do at Seshn; the bridge is going away, and so must what we keep about it.
+        shared.forget(bridge);
         return Ok(Action::await_change());
     }
-    match delete_webhook(shared, bridge).await {
-        Ok(Some(id)) => {
-            shared
-                .event(
-                    bridge,
-                    EventType::Normal,
-                    "WebhookDeleted",
-                    "DeleteWebhook",
-                    format!("deleted webhook {id} at Seshn"),
-                )
-                .await;
-            shared.forget(bridge);
-            Ok(Action::await_change())
-        }
-        Ok(None) => {
+    match delete_webhooks(shared, bridge).await {
+        Ok(ids) => {
+            if !ids.is_empty() {
+                shared
+                    .event(
+                        bridge,
+                        EventType::Normal,
+                        "WebhookDeleted",
+                        "DeleteWebhook",
+                        format!("deleted webhook {} at Seshn", ids.join(", ")),
+                    )
+                    .await;
+            }
             shared.forget(bridge);
             Ok(Action::await_change())
         }

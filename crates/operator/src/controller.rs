@@ -12,7 +12,9 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
@@ -43,6 +45,31 @@ struct Verified {
     events: Vec<String>,
 }
 
+/// A bridge that failed transiently is not worked on again before `at`.
+#[derive(Debug, Clone, Copy)]
+struct NotBefore {
+    at: Instant,
+    /// The bridge's generation when it failed: a spec change is new input, worth trying at
+    /// once (unless Seshn asked us to wait, `strict`).
+    generation: Option<i64>,
+    /// Whether it was being deleted then (a deletion is new input too).
+    deleting: bool,
+    /// Seshn asked for the wait (`Retry-After`): no change shortens it.
+    strict: bool,
+}
+
+/// Whether a pass for `bridge` must wait, given its `NotBefore` entry: the time left.
+fn wait_left(
+    nb: &NotBefore,
+    generation: Option<i64>,
+    deleting: bool,
+    now: Instant,
+) -> Option<Duration> {
+    let left = nb.at.checked_duration_since(now).filter(|d| !d.is_zero())?;
+    let changed = nb.generation != generation || nb.deleting != deleting;
+    (nb.strict || !changed).then_some(left)
+}
+
 /// State shared by every reconcile.
 pub struct Shared {
     /// Kubernetes client.
@@ -63,6 +90,10 @@ pub struct Shared {
     observed: Mutex<HashMap<String, Verified>>,
     /// Bridges whose `CleanupBlocked` warning was already published.
     cleanup_warned: Mutex<HashSet<String>>,
+    /// Per bridge uid: no pass before this (the backoff or `Retry-After` of its last transient
+    /// failure). The status that failure wrote changes the object, and the watch would start
+    /// the next pass at once, ahead of the backoff; such passes only requeue themselves.
+    not_before: Mutex<HashMap<String, NotBefore>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -104,6 +135,7 @@ impl Shared {
             shapes: Mutex::default(),
             observed: Mutex::default(),
             cleanup_warned: Mutex::default(),
+            not_before: Mutex::default(),
         })
     }
 
@@ -157,6 +189,7 @@ impl Shared {
         self.failures().remove(&uid);
         lock(&self.shapes).remove(&uid);
         lock(&self.observed).remove(&uid);
+        lock(&self.not_before).remove(&uid);
         self.cleanup_warned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -189,6 +222,47 @@ impl Shared {
 
     fn reset_backoff(&self, uid: &str) {
         self.failures().remove(uid);
+        lock(&self.not_before).remove(uid);
+    }
+
+    /// Records that `bridge` must not be worked on for `delay`.
+    fn defer(&self, bridge: &SeshnSegmentBridge, delay: Duration, strict: bool) {
+        lock(&self.not_before).insert(
+            bridge.uid().unwrap_or_default(),
+            NotBefore {
+                at: Instant::now() + delay,
+                generation: bridge.metadata.generation,
+                deleting: bridge.metadata.deletion_timestamp.is_some(),
+                strict,
+            },
+        );
+    }
+
+    /// The time `bridge` still has to wait before a pass, if any.
+    fn deferred(&self, bridge: &SeshnSegmentBridge) -> Option<Duration> {
+        let uid = bridge.uid().unwrap_or_default();
+        let mut not_before = lock(&self.not_before);
+        let nb = not_before.get(&uid)?;
+        let left = wait_left(
+            nb,
+            bridge.metadata.generation,
+            bridge.metadata.deletion_timestamp.is_some(),
+            Instant::now(),
+        );
+        if left.is_none() {
+            not_before.remove(&uid);
+        }
+        left
+    }
+
+    /// Whether anything is kept about the bridge with `uid` (for tests).
+    #[cfg(test)]
+    fn remembers(&self, uid: &str) -> bool {
+        self.failures().contains_key(uid)
+            || lock(&self.shapes).contains_key(uid)
+            || lock(&self.observed).contains_key(uid)
+            || lock(&self.not_before).contains_key(uid)
+            || lock(&self.cleanup_warned).contains(uid)
     }
 }
 
@@ -357,11 +431,22 @@ async fn apply_stages(
         s
     } else {
         // Generated once; never regenerated while the Secret exists (the forwarder and Seshn
-        // share it).
+        // share it). When it had to be (someone deleted the Secret or its key) and a webhook is
+        // registered, Seshn keeps signing with the lost secret and every delivery would fail
+        // verification: the new Secret names that webhook, so the webhook stage replaces it
+        // (Seshn cannot change a webhook's secret). Decided on a fresh read: the cached copy
+        // may predate the write that recorded the id.
+        let fresh = api.get(&v.name).await?;
+        let registered = fresh
+            .status
+            .as_ref()
+            .and_then(|s| s.webhook.as_ref())
+            .and_then(|w| w.id.clone());
+        working.status = fresh.status;
         let generated = resolve::generate_signing_secret();
         apply::apply_secret(
             &shared.client,
-            build::signing_secret(bridge, &v, &generated),
+            build::signing_secret(bridge, &v, &generated, registered.as_deref()),
         )
         .await?;
         shared.metrics.wrote("secret", 1);
@@ -374,7 +459,7 @@ async fn apply_stages(
     };
 
     // Build and apply the children.
-    let checksum = build::secrets_checksum(&[write_key.expose(), signing.expose()]);
+    let checksum = build::secrets_checksum(&[write_key.expose(), signing.value.expose()]);
     let children = build::build(bridge, &v, &checksum);
     let shape = (v.workload, bridge.spec.exposure.ingress.is_some());
     let check_stale = lock(&shared.shapes).get(&v.uid) != Some(&shape);
@@ -411,7 +496,9 @@ async fn apply_stages(
                 "the webhook is registered once a forwarder pod is available",
             ),
         )
-    } else if let Some(st) = recently_verified(shared, &v, previous_webhook.as_ref()) {
+    } else if let Some(st) = recently_verified(shared, &v, previous_webhook.as_ref())
+        .filter(|_| signing.replaces.is_none())
+    {
         let id = st.id.clone().unwrap_or_default();
         (Some(st), status::synced(&id, &v.webhook_url))
     } else {
@@ -423,13 +510,14 @@ async fn apply_stages(
         }
         let api_key = resolve::secret_key(&secrets, &bridge.spec.seshn.api_key_secret_ref).await?;
         let seshn = shared.seshn_client(&v.seshn_api_url, &api_key)?;
-        let signing_text = signing.as_str().unwrap_or_default().to_owned();
+        let signing_text = signing.value.as_str().unwrap_or_default().to_owned();
         let input = SyncInput {
             seshn: &seshn,
             kube: &shared.client,
             bridge: &*working,
             v: &v,
             signing_secret: &signing_text,
+            replaces: signing.replaces.as_deref(),
             forwarder: &fwd,
             ready_replicas: observed.ready_replicas,
         };
@@ -441,15 +529,21 @@ async fn apply_stages(
         }
         let synced = outcome?;
         let id = synced.status.id.clone().unwrap_or_default();
-        lock(&shared.observed).insert(
-            v.uid.clone(),
-            Verified {
-                at: Instant::now(),
-                id: id.clone(),
-                url: v.webhook_url.clone(),
-                events: v.events.clone(),
-            },
-        );
+        if synced.enabled {
+            lock(&shared.observed).insert(
+                v.uid.clone(),
+                Verified {
+                    at: Instant::now(),
+                    id: id.clone(),
+                    url: v.webhook_url.clone(),
+                    events: v.events.clone(),
+                },
+            );
+        } else {
+            // Not a state to remember as verified: every pass looks again.
+            lock(&shared.observed).remove(&v.uid);
+        }
+        let replaced = synced.replaced.clone().unwrap_or_default();
         let (reason, note) = match synced.action {
             webhook::Action::Unchanged => ("", String::new()),
             webhook::Action::Created => (
@@ -468,7 +562,18 @@ async fn apply_stages(
             ),
             webhook::Action::Recreated => (
                 "WebhookRecreated",
-                format!("the webhook had been deleted at Seshn; registered it again as {id}"),
+                format!(
+                    "webhook {replaced} had been deleted at Seshn; registered it again as {id}"
+                ),
+            ),
+            webhook::Action::Replaced => (
+                "WebhookRecreated",
+                format!(
+                    "the signing Secret {} had been deleted and was regenerated, but Seshn \
+                     signs webhook {replaced} with the lost secret and cannot change it: \
+                     registered {id} with the new secret and deleted {replaced}",
+                    v.signing_secret_name
+                ),
             ),
         };
         if !reason.is_empty() {
@@ -476,7 +581,22 @@ async fn apply_stages(
                 .event(bridge, EventType::Normal, reason, "SyncWebhook", note)
                 .await;
         }
-        (Some(synced.status), status::synced(&id, &v.webhook_url))
+        let cond = webhook::webhook_condition(&id, &v.webhook_url, synced.enabled);
+        let was_disabled = bridge
+            .condition(CONDITION_WEBHOOK_SYNCED)
+            .is_some_and(|c| c.reason == "WebhookDisabled");
+        if !synced.enabled && !was_disabled {
+            shared
+                .event(
+                    bridge,
+                    EventType::Warning,
+                    "WebhookDisabled",
+                    "SyncWebhook",
+                    cond.message.clone(),
+                )
+                .await;
+        }
+        (Some(synced.status), cond)
     };
 
     let st = status::complete(
@@ -554,6 +674,15 @@ async fn reconcile(bridge: Arc<SeshnSegmentBridge>, ctx: Arc<Ctx>) -> Result<Act
         name = bridge.name_any()
     );
     async move {
+        // Woken before its backoff ended (by the status its failure wrote, a child or Secret
+        // event): come back when the wait is over instead of calling Seshn again.
+        if let Some(left) = shared.deferred(&bridge) {
+            debug!(
+                wait_ms = left.as_millis() as u64,
+                "backing off; pass deferred"
+            );
+            return Ok(Action::requeue(left));
+        }
         let started = Instant::now();
         let ns = bridge.namespace().ok_or(Error::MissingField("namespace"))?;
         let uid = bridge.uid().unwrap_or_default();
@@ -608,10 +737,16 @@ async fn reconcile(bridge: Arc<SeshnSegmentBridge>, ctx: Arc<Ctx>) -> Result<Act
 fn error_policy(bridge: Arc<SeshnSegmentBridge>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let shared = &ctx.shared;
     match err.class() {
-        // Wait for a change of the bridge or a referenced Secret (both are watched).
+        // Retrying the same request cannot help: wait for a change of the bridge or a
+        // referenced Secret (both watched). But not forever: what failed may be fixed outside
+        // Kubernetes (a key re-enabled at Seshn), so look again after the resync interval,
+        // like a healthy bridge; that is one attempt per interval, no loop.
         Class::Terminal => {
-            info!(name = %bridge.name_any(), kind = err.kind(), error = %err.condition_message(), "terminal error; waiting for a change");
-            Action::await_change()
+            info!(name = %bridge.name_any(), kind = err.kind(), error = %err.condition_message(), "terminal error; waiting for a change or the resync");
+            Action::requeue(jittered(
+                shared.config.resync_interval,
+                rand::random::<f64>(),
+            ))
         }
         Class::Transient => {
             let uid = bridge.uid().unwrap_or_default();
@@ -625,18 +760,20 @@ fn error_policy(bridge: Arc<SeshnSegmentBridge>, err: &Error, ctx: Arc<Ctx>) -> 
                 delay = delay.min(left + Duration::from_millis(200));
             }
             info!(name = %bridge.name_any(), kind = err.kind(), error = %err.condition_message(), delay_ms = delay.as_millis() as u64, "transient error; retrying");
+            shared.defer(&bridge, delay, err.retry_after().is_some());
             Action::requeue(delay)
         }
     }
 }
 
 /// Bridges of `secret`'s namespace that reference it (or own it as their signing Secret).
+/// Only the Secret's name and namespace are needed: the watch carries metadata only.
 fn bridges_using(
     store: &Store<SeshnSegmentBridge>,
-    secret: &Secret,
+    secret: &ObjectMeta,
 ) -> Vec<ObjectRef<SeshnSegmentBridge>> {
-    let name = secret.name_any();
-    let ns = secret.namespace();
+    let name = secret.name.clone().unwrap_or_default();
+    let ns = secret.namespace.clone();
     store
         .state()
         .iter()
@@ -672,6 +809,11 @@ async fn run_scope(
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     // Service-account tokens are the bulk of a cluster's Secrets and never referenced.
     let secrets_wc = watcher::Config::default().fields("type!=kubernetes.io/service-account-token");
+    // Metadata only (an `Api<PartialObjectMeta<_>>` lists and watches with metadata-only
+    // requests): mapping a Secret to its bridges needs its name, and its values are read by a
+    // targeted GET when a pass needs them. A full watch would keep every Secret of the watched
+    // namespaces (the whole cluster by default) in the operator's memory.
+    let secrets = api_for::<PartialObjectMeta<Secret>>(&client, scope);
     let controller = Controller::new(
         api_for::<SeshnSegmentBridge>(&client, scope),
         watcher::Config::default(),
@@ -683,8 +825,8 @@ async fn run_scope(
         .owns(api_for::<StatefulSet>(&client, scope), children.clone())
         .owns(api_for::<Service>(&client, scope), children.clone())
         .owns(api_for::<Ingress>(&client, scope), children)
-        .watches(api_for::<Secret>(&client, scope), secrets_wc, move |s| {
-            bridges_using(&store, &s)
+        .watches(secrets, secrets_wc, move |s: PartialObjectMeta<Secret>| {
+            bridges_using(&store, &s.metadata)
         })
         .with_config(controller::Config::default().concurrency(shared.config.concurrency))
         .graceful_shutdown_on(async move {
@@ -801,4 +943,263 @@ pub async fn run(
         e.release().await;
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ResolveError;
+    use crate::fixtures::bridge;
+    use bridge_api::CONDITION_READY;
+    use seshn::webhooks::SeshnError;
+
+    #[test]
+    fn backoff_doubles_from_min_to_max_with_bounded_jitter() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(300));
+        // r = 0.5 is the middle of the ±20% band: the plain exponential.
+        assert_eq!(backoff_delay(min, max, 1, 0.5), Duration::from_secs(1));
+        assert_eq!(backoff_delay(min, max, 2, 0.5), Duration::from_secs(2));
+        assert_eq!(backoff_delay(min, max, 5, 0.5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(min, max, 9, 0.5), Duration::from_secs(256));
+        assert_eq!(backoff_delay(min, max, 10, 0.5), max);
+        // Huge counts neither overflow nor pass the cap.
+        assert_eq!(backoff_delay(min, max, u32::MAX, 0.5), max);
+        // n = 0 (never happens: counted from 1) behaves like the first failure.
+        assert_eq!(backoff_delay(min, max, 0, 0.5), min);
+        for n in 1..40 {
+            for r in [0.0, 0.25, 0.999] {
+                let d = backoff_delay(min, max, n, r);
+                let plain = min.saturating_mul(1 << (n - 1).min(20)).min(max);
+                assert!(
+                    d >= plain.mul_f64(0.8) && d <= plain.mul_f64(1.2),
+                    "{n} {r}: {d:?}"
+                );
+            }
+        }
+        assert!(backoff_delay(min, max, 3, 0.0) < backoff_delay(min, max, 3, 0.99));
+    }
+
+    #[test]
+    fn resync_jitter_only_adds_up_to_ten_percent() {
+        let i = Duration::from_secs(600);
+        assert_eq!(jittered(i, 0.0), i);
+        assert!(jittered(i, 0.999) < Duration::from_secs(660));
+        assert!(jittered(i, 0.5) > i);
+    }
+
+    fn cond<'a>(st: &'a SeshnSegmentBridgeStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = st.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn with_status(
+        mut b: SeshnSegmentBridge,
+        fwd: &Cond,
+        wh: &Cond,
+        id: Option<&str>,
+    ) -> SeshnSegmentBridge {
+        let base = SeshnSegmentBridgeStatus {
+            webhook: id.map(|id| bridge_api::WebhookStatus {
+                id: Some(id.into()),
+                ..bridge_api::WebhookStatus::default()
+            }),
+            ..SeshnSegmentBridgeStatus::default()
+        };
+        b.status = Some(status::with_conditions(&b, base, fwd, wh));
+        b
+    }
+
+    #[test]
+    fn error_conditions_blame_the_stage_that_failed_and_keep_the_rest() {
+        let available = Cond::ok("Available", "up");
+        let synced = Cond::ok("Synced", "ok");
+        let b = with_status(bridge(), &available, &synced, Some("wh_1"));
+
+        // A Seshn error after the forwarder stage: the webhook's condition.
+        let unauthorized = Error::Webhook(WebhookError::Seshn {
+            op: "get",
+            source: SeshnError::Unauthorized { status: 401 },
+        });
+        let st = error_conditions(&b, &b, Some(available.clone()), &unauthorized);
+        assert_eq!(
+            cond(&st, CONDITION_FORWARDER_AVAILABLE),
+            ("True", "Available")
+        );
+        assert_eq!(
+            cond(&st, CONDITION_WEBHOOK_SYNCED),
+            ("False", "Unauthorized")
+        );
+        assert_eq!(cond(&st, CONDITION_READY), ("False", "Unauthorized"));
+        assert_eq!(
+            st.webhook.as_ref().and_then(|w| w.id.as_deref()),
+            Some("wh_1"),
+            "the recorded webhook is kept"
+        );
+
+        // The API-key Secret is read in the webhook stage: its absence is the webhook's.
+        let no_key: Error = ResolveError::SecretNotFound {
+            name: "acme-seshn".into(),
+        }
+        .into();
+        let st = error_conditions(&b, &b, Some(available.clone()), &no_key);
+        assert_eq!(
+            cond(&st, CONDITION_WEBHOOK_SYNCED),
+            ("False", "SecretNotFound")
+        );
+        assert_eq!(
+            cond(&st, CONDITION_FORWARDER_AVAILABLE),
+            ("True", "Available")
+        );
+
+        // The write key is needed before the forwarder can run: its condition; the webhook's
+        // condition stays as it was.
+        let no_write_key: Error = ResolveError::SecretNotFound {
+            name: "acme-segment".into(),
+        }
+        .into();
+        let st = error_conditions(&b, &b, None, &no_write_key);
+        assert_eq!(
+            cond(&st, CONDITION_FORWARDER_AVAILABLE),
+            ("False", "SecretNotFound")
+        );
+        assert_eq!(cond(&st, CONDITION_WEBHOOK_SYNCED), ("True", "Synced"));
+        assert_eq!(cond(&st, CONDITION_READY), ("False", "SecretNotFound"));
+
+        // A Seshn error without a forwarder observation keeps the previous forwarder state; a
+        // fresh bridge reports it unknown.
+        let fresh = bridge();
+        let st = error_conditions(&fresh, &fresh, None, &unauthorized);
+        assert_eq!(
+            cond(&st, CONDITION_FORWARDER_AVAILABLE),
+            ("Unknown", "Reconciling")
+        );
+        let invalid: Error = crate::error::ValidateError("bad".into()).into();
+        let st = error_conditions(&fresh, &fresh, None, &invalid);
+        assert_eq!(
+            cond(&st, CONDITION_WEBHOOK_SYNCED),
+            ("Unknown", "Reconciling")
+        );
+        assert_eq!(cond(&st, CONDITION_READY), ("False", "InvalidSpec"));
+
+        // The status recorded mid-pass (`working`) is the base, the input's conditions decide
+        // the transition times.
+        let mut working = b.clone();
+        working.status.as_mut().unwrap().webhook = Some(bridge_api::WebhookStatus {
+            id: Some("wh_2".into()),
+            ..bridge_api::WebhookStatus::default()
+        });
+        let st = error_conditions(&b, &working, Some(available), &unauthorized);
+        assert_eq!(st.webhook.and_then(|w| w.id).as_deref(), Some("wh_2"));
+    }
+
+    #[test]
+    fn secrets_map_to_the_bridges_of_their_namespace_that_use_them() {
+        let (store, mut writer) = kube::runtime::reflector::store::<SeshnSegmentBridge>();
+        let acme = bridge();
+        let mut other_ns = bridge();
+        other_ns.metadata.namespace = Some("tenant-b".into());
+        other_ns.metadata.uid = Some("uid-b".into());
+        let mut beta = bridge();
+        beta.metadata.name = Some("beta".into());
+        beta.metadata.uid = Some("uid-beta".into());
+        beta.spec.segment.write_key_secret_ref.name = "beta-segment".into();
+        for b in [acme, other_ns, beta] {
+            writer.apply_watcher_event(&watcher::Event::Apply(b));
+        }
+        let names = |name: &str, ns: &str| {
+            let meta = ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..ObjectMeta::default()
+            };
+            let mut found: Vec<String> = bridges_using(&store, &meta)
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            found.sort();
+            found
+        };
+        // Shared API key: both bridges of tenant-a, not the one in tenant-b.
+        assert_eq!(names("acme-seshn", "tenant-a"), vec!["acme", "beta"]);
+        assert_eq!(names("acme-seshn", "tenant-b"), vec!["acme"]);
+        assert_eq!(names("acme-segment", "tenant-a"), vec!["acme"]);
+        assert_eq!(names("beta-segment", "tenant-a"), vec!["beta"]);
+        // The owned signing Secret.
+        assert_eq!(names("beta-webhook-signing", "tenant-a"), vec!["beta"]);
+        assert!(names("unrelated", "tenant-a").is_empty());
+        assert!(names("acme-seshn", "tenant-c").is_empty());
+    }
+
+    #[test]
+    fn a_backoff_window_holds_passes_until_it_ends_or_the_spec_changes() {
+        let now = Instant::now();
+        let nb = NotBefore {
+            at: now + Duration::from_secs(5),
+            generation: Some(3),
+            deleting: false,
+            strict: false,
+        };
+        assert_eq!(
+            wait_left(&nb, Some(3), false, now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            wait_left(&nb, Some(3), false, now + Duration::from_secs(5)),
+            None
+        );
+        // New input: a spec change or a deletion.
+        assert_eq!(wait_left(&nb, Some(4), false, now), None);
+        assert_eq!(wait_left(&nb, Some(3), true, now), None);
+        // Seshn's Retry-After holds whatever changed.
+        let strict = NotBefore { strict: true, ..nb };
+        assert_eq!(
+            wait_left(&strict, Some(4), true, now + Duration::from_secs(1)),
+            Some(Duration::from_secs(4))
+        );
+    }
+
+    fn offline_shared() -> Shared {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Nothing listens there; the tests below make no request.
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        Shared::new(client, Config::new("img:1"), Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn deferred_passes_are_counted_from_the_failure() {
+        let shared = offline_shared();
+        let b = bridge();
+        assert_eq!(shared.deferred(&b), None);
+        shared.defer(&b, Duration::from_secs(30), false);
+        let left = shared.deferred(&b).unwrap();
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(20));
+        let mut changed = b.clone();
+        changed.metadata.generation = Some(2);
+        assert_eq!(shared.deferred(&changed), None, "a spec change goes ahead");
+        assert_eq!(shared.deferred(&b), None, "and ends the window");
+        shared.defer(&b, Duration::from_secs(30), true);
+        shared.reset_backoff("0000-uid");
+        assert_eq!(shared.deferred(&b), None, "success ends it");
+    }
+
+    #[tokio::test]
+    async fn orphaned_and_webhookless_deletions_forget_the_bridge() {
+        let shared = offline_shared();
+        let mut b = bridge();
+        b.spec.deletion_policy = bridge_api::DeletionPolicy::Orphan;
+        b.status = Some(SeshnSegmentBridgeStatus {
+            webhook: Some(bridge_api::WebhookStatus {
+                id: Some("wh_1".into()),
+                ..bridge_api::WebhookStatus::default()
+            }),
+            ..SeshnSegmentBridgeStatus::default()
+        });
+        let _ = shared.next_backoff("0000-uid");
+        shared.defer(&b, Duration::from_secs(30), false);
+        assert!(shared.first_cleanup_warning(&b));
+        assert!(shared.remembers("0000-uid"));
+        cleanup::cleanup(&b, &shared).await.unwrap();
+        assert!(!shared.remembers("0000-uid"));
+    }
 }

@@ -3,10 +3,11 @@
 
 use std::fmt;
 
-use bridge_api::{SecretKeyRef, SeshnSegmentBridge};
+use bridge_api::SecretKeyRef;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::{Api, ResourceExt};
 
+use crate::build::REPLACES_WEBHOOK_ANNOTATION;
 use crate::error::ResolveError;
 use crate::validate::{SIGNING_SECRET_KEY, Validated};
 
@@ -30,17 +31,6 @@ impl fmt::Debug for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
-}
-
-/// Everything the later stages need from Secrets.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// The Seshn API key.
-    pub api_key: Sensitive,
-    /// The Segment write key.
-    pub write_key: Sensitive,
-    /// The webhook signing secret from the owned Secret, if it exists yet.
-    pub signing_secret: Option<Sensitive>,
 }
 
 fn key_of(secret: &Secret, key: &str) -> Option<Sensitive> {
@@ -82,11 +72,23 @@ pub async fn secret_key(api: &Api<Secret>, r: &SecretKeyRef) -> Result<Sensitive
     })
 }
 
-/// Reads the bridge's owned signing Secret, if present.
+/// The bridge's owned signing Secret.
+#[derive(Debug, Clone)]
+pub struct SigningSecret {
+    /// The signing secret.
+    pub value: Sensitive,
+    /// The webhook registered with an earlier signing secret that this one replaced (the
+    /// [`REPLACES_WEBHOOK_ANNOTATION`] annotation): Seshn signs that webhook's deliveries with a
+    /// secret the forwarder no longer has, so it must be replaced by one registered with this
+    /// secret, and then deleted.
+    pub replaces: Option<String>,
+}
+
+/// Reads the bridge's owned signing Secret, if present with a usable key.
 pub async fn signing_secret(
     api: &Api<Secret>,
     v: &Validated,
-) -> Result<Option<Sensitive>, ResolveError> {
+) -> Result<Option<SigningSecret>, ResolveError> {
     let secret = api
         .get_opt(&v.signing_secret_name)
         .await
@@ -94,23 +96,15 @@ pub async fn signing_secret(
             name: v.signing_secret_name.clone(),
             source,
         })?;
-    Ok(secret.and_then(|s| key_of(&s, SIGNING_SECRET_KEY)))
-}
-
-/// Reads every Secret the bridge needs.
-pub async fn resolve(
-    api: &Api<Secret>,
-    bridge: &SeshnSegmentBridge,
-    v: &Validated,
-) -> Result<Resolved, ResolveError> {
-    let api_key = secret_key(api, &bridge.spec.seshn.api_key_secret_ref).await?;
-    let write_key = secret_key(api, &bridge.spec.segment.write_key_secret_ref).await?;
-    let signing_secret = signing_secret(api, v).await?;
-    Ok(Resolved {
-        api_key,
-        write_key,
-        signing_secret,
-    })
+    Ok(secret.and_then(|s| {
+        let value = key_of(&s, SIGNING_SECRET_KEY)?;
+        let replaces = s
+            .annotations()
+            .get(REPLACES_WEBHOOK_ANNOTATION)
+            .filter(|id| !id.is_empty())
+            .cloned();
+        Some(SigningSecret { value, replaces })
+    }))
 }
 
 /// A new signing secret: 32 random bytes, hex.

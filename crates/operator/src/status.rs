@@ -160,12 +160,35 @@ pub fn keep_transition_times(
     }
 }
 
+/// Keeps the webhook `current` (the API server's status) records when `status` would drop it.
+///
+/// Server-side apply removes every field this manager applied before and now omits, so a status
+/// built from a copy that predates the write recording the id (the watch cache lags behind our
+/// own writes) would erase `status.webhook.id`, and a later pass would register a second
+/// webhook. The operator never means to forget an id (it only ever replaces one with another),
+/// nor the pending marker of a create that may have happened.
+pub fn keep_known_webhook(
+    status: &mut SeshnSegmentBridgeStatus,
+    current: &SeshnSegmentBridgeStatus,
+) {
+    let Some(known) = current.webhook.as_ref() else {
+        return;
+    };
+    let ours = status.webhook.as_ref();
+    let drops_id = known.id.is_some() && ours.is_none_or(|w| w.id.is_none());
+    let drops_marker = known.pending_since.is_some() && ours.is_none();
+    if drops_id || drops_marker {
+        status.webhook = Some(known.clone());
+    }
+}
+
 /// Writes `status` with server-side apply unless it equals the current one. Returns whether a
 /// write happened.
 ///
 /// `bridge` may be a stale copy (the watch cache lags behind our own writes): before writing,
 /// the status is compared with a fresh read, so a pass that started from an old copy neither
-/// writes an identical status nor moves transition times.
+/// writes an identical status, nor moves transition times, nor drops a recorded webhook
+/// ([`keep_known_webhook`]).
 pub async fn write(
     api: &Api<SeshnSegmentBridge>,
     bridge: &SeshnSegmentBridge,
@@ -177,6 +200,7 @@ pub async fn write(
     let mut status = status.clone();
     if let Some(fresh) = api.get_opt(&bridge.name_any()).await? {
         let current = fresh.status.unwrap_or_default();
+        keep_known_webhook(&mut status, &current);
         keep_transition_times(&mut status, &current);
         if current == status {
             return Ok(false);
@@ -218,6 +242,43 @@ mod tests {
         assert_eq!(mine.conditions[0].last_transition_time, past);
         assert_eq!(mine.conditions[1].last_transition_time, past);
         assert_ne!(mine.conditions[2].last_transition_time, past);
+    }
+
+    #[test]
+    fn a_stale_status_never_drops_the_recorded_webhook() {
+        let id = |id: Option<&str>, pending: bool| WebhookStatus {
+            id: id.map(str::to_owned),
+            url: Some("https://h/hooks/u".into()),
+            pending_since: pending.then(now),
+            ..WebhookStatus::default()
+        };
+        let server = |w: Option<WebhookStatus>| SeshnSegmentBridgeStatus {
+            webhook: w,
+            ..SeshnSegmentBridgeStatus::default()
+        };
+        // Built from a copy without the webhook: the server's id stays.
+        let mut stale = server(None);
+        keep_known_webhook(&mut stale, &server(Some(id(Some("wh_1"), false))));
+        assert_eq!(stale.webhook.unwrap().id.as_deref(), Some("wh_1"));
+        // A status with an id but no marker where the server has a pending first create.
+        let mut stale = server(Some(id(None, false)));
+        keep_known_webhook(&mut stale, &server(Some(id(Some("wh_1"), true))));
+        assert_eq!(stale.webhook.unwrap().id.as_deref(), Some("wh_1"));
+        // The pending marker of a first create is kept too.
+        let mut stale = server(None);
+        keep_known_webhook(&mut stale, &server(Some(id(None, true))));
+        assert!(stale.webhook.unwrap().pending_since.is_some());
+        // Replacing an id by another, or recording an outcome after a marker, is a change.
+        let mut newer = server(Some(id(Some("wh_2"), false)));
+        keep_known_webhook(&mut newer, &server(Some(id(Some("wh_1"), true))));
+        assert_eq!(newer.webhook.unwrap().id.as_deref(), Some("wh_2"));
+        let mut outcome = server(Some(id(Some("wh_1"), false)));
+        keep_known_webhook(&mut outcome, &server(Some(id(None, true))));
+        assert!(outcome.webhook.unwrap().pending_since.is_none());
+        // Nothing known: nothing kept.
+        let mut first = server(Some(id(None, true)));
+        keep_known_webhook(&mut first, &server(None));
+        assert!(first.webhook.unwrap().id.is_none());
     }
 
     #[test]

@@ -70,11 +70,23 @@ async fn rate_limit_and_server_error_storms_back_off_without_duplicates() {
     );
     h.seshn.inject_n(None, Fault::Status(503), 3);
     h.seshn.inject_n(None, Fault::Status(500), 2);
+    // Queued behind those (a create only takes it once the faults for any call are used up):
+    // the create happens at Seshn but its answer never arrives.
+    h.seshn.inject(Some(Op::Create), Fault::LoseAnswer);
     h.create(&h.manifest("acme")).await;
     h.make_available("acme").await;
     h.wait_condition("acme", "Ready", "True", None).await;
     assert_eq!(h.seshn.pending_faults(), 0);
     assert_eq!(h.seshn.webhooks(API_KEY).len(), 1, "no duplicate webhook");
+    assert!(
+        h.seshn
+            .calls()
+            .iter()
+            .any(|c| c.op == Op::Create && c.status == 0),
+        "the lost answer was injected"
+    );
+    // The retry found the webhook whose answer was lost instead of creating another.
+    h.wait_event("acme", "WebhookAdopted").await;
     let text = h.metrics.encode();
     assert!(
         text.contains("reconcile_errors_total{kind=\"RateLimited\"}"),
@@ -175,4 +187,73 @@ async fn credentials_deleted_before_the_bridge_orphan_after_the_deadline() {
             .encode()
             .contains("seshn_segment_operator_webhooks_orphaned_total 1")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_seshn_call_happens_inside_a_retry_after_window() {
+    let h = Harness::start().await;
+    h.seshn.inject(
+        Some(Op::Create),
+        Fault::RateLimited {
+            retry_after_secs: Some(5),
+        },
+    );
+    h.create(&h.manifest("acme")).await;
+    h.make_available("acme").await;
+    // The 429 writes a RateLimited condition; that write wakes the controller at once, which
+    // must not make it call Seshn before the 5 s are over.
+    h.wait_condition("acme", "WebhookSynced", "False", Some("RateLimited"))
+        .await;
+    h.wait_condition("acme", "Ready", "True", None).await;
+    let timed = h.seshn.timed_calls();
+    let limited_at = timed
+        .iter()
+        .find(|(_, c)| c.status == 429)
+        .map(|(at, _)| *at)
+        .expect("the 429 was answered");
+    let after: Vec<_> = timed.iter().filter(|(at, _)| *at > limited_at).collect();
+    assert!(!after.is_empty(), "{timed:?}");
+    for (at, call) in after {
+        assert!(
+            at.duration_since(limited_at) >= Duration::from_secs(5),
+            "{call:?} {:?} after the 429 that asked for 5 s",
+            at.duration_since(limited_at)
+        );
+    }
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_at_seshn_recovers_on_resync_once_accepted_again_without_a_hot_loop() {
+    let h = Harness::start_with(|c| c.resync_interval = Duration::from_secs(3)).await;
+    h.seshn.set_key_valid(API_KEY, false);
+    h.create(&h.manifest("acme")).await;
+    h.make_available("acme").await;
+    h.wait_condition("acme", "WebhookSynced", "False", Some("Unauthorized"))
+        .await;
+    // Terminal, so no backoff loop: one attempt per resync interval (the first ones aside,
+    // which our own status writes trigger).
+    let rejected = |h: &Harness| {
+        h.seshn
+            .timed_calls()
+            .into_iter()
+            .filter(|(_, c)| c.status == 401)
+            .map(|(at, _)| at)
+            .collect::<Vec<_>>()
+    };
+    let settled = rejected(&h).len();
+    let later = eventually("two attempts on resync", DEADLINE, || async {
+        let all = rejected(&h);
+        (all.len() >= settled + 3).then_some(all)
+    })
+    .await;
+    for pair in later[settled..].windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(gap >= Duration::from_millis(2500), "attempts {gap:?} apart");
+    }
+    assert!(h.seshn.webhooks(API_KEY).is_empty());
+    // Nothing changes in Kubernetes; Seshn accepts the key again: the resync recovers.
+    h.seshn.set_key_valid(API_KEY, true);
+    h.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
 }

@@ -257,3 +257,216 @@ async fn passes_right_after_a_verification_do_not_call_seshn_again() {
     })
     .await;
 }
+
+fn signing_annotations(s: &Secret) -> Option<String> {
+    s.annotations()
+        .get("integrations.seshn.net/replaces-webhook")
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_signing_secret_replaces_the_webhook_so_seshn_signs_with_the_new_secret() {
+    let h = Harness::start().await;
+    let ready = h.create_ready("acme").await;
+    let old_id = ready.status.unwrap().webhook.unwrap().id.unwrap();
+    let old_hook = h.seshn.webhooks(API_KEY)[0].clone();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    let old_secret = secrets
+        .get("acme-webhook-signing")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["secret"]
+        .0
+        .clone();
+    assert_eq!(old_hook.secret.as_bytes(), old_secret.as_slice());
+    let checksum = |d: k8s_openapi::api::apps::v1::Deployment| {
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["integrations.seshn.net/secrets-checksum"]
+            .clone()
+    };
+    let before = checksum(h.deployments().get("acme-forwarder").await.unwrap());
+
+    secrets
+        .delete("acme-webhook-signing", &DeleteParams::default())
+        .await
+        .unwrap();
+    let new_id = eventually("the webhook to be replaced", DEADLINE, || async {
+        let id = h.get("acme").await?.status?.webhook?.id?;
+        let hooks = h.seshn.webhooks(API_KEY);
+        (id != old_id && hooks.len() == 1 && hooks[0].id == id).then_some(id)
+    })
+    .await;
+    // Seshn now signs with exactly what the pods verify with.
+    let signing = secrets.get("acme-webhook-signing").await.unwrap();
+    let new_secret = signing.data.as_ref().unwrap()["secret"].0.clone();
+    assert_ne!(new_secret, old_secret, "a new secret was generated");
+    let hook = &h.seshn.webhooks(API_KEY)[0];
+    assert_eq!(hook.secret.as_bytes(), new_secret.as_slice());
+    assert_eq!(hook.url, old_hook.url);
+    assert_eq!(hook.events, old_hook.events);
+    assert!(h.seshn.webhooks(API_KEY).iter().all(|w| w.id != old_id));
+    assert_eq!(h.seshn.call_count(Op::Create), 2);
+    h.wait_event("acme", "WebhookRecreated").await;
+    let b = h.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(b.status.unwrap().webhook.unwrap().id, Some(new_id.clone()));
+    // The replacement is finished: the Secret no longer names the old webhook.
+    eventually("the Secret's replacement note to go", DEADLINE, || async {
+        let s = secrets.get("acme-webhook-signing").await.ok()?;
+        signing_annotations(&s).is_none().then_some(())
+    })
+    .await;
+    // The pods roll onto the new secret.
+    assert_ne!(
+        checksum(h.deployments().get("acme-forwarder").await.unwrap()),
+        before
+    );
+    // And nothing more happens: one webhook, the new one.
+    h.poke("acme").await;
+    let gets = h.seshn.call_count(Op::Get);
+    eventually("another pass", DEADLINE, || async {
+        (h.seshn.call_count(Op::Get) > gets).then_some(())
+    })
+    .await;
+    assert_eq!(h.seshn.call_count(Op::Create), 2);
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
+    assert_eq!(h.seshn.webhooks(API_KEY)[0].id, new_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_resyncs_write_nothing_and_publish_no_events() {
+    let h = Harness::start_with(|c| c.resync_interval = Duration::from_secs(2)).await;
+    h.create_ready("acme").await;
+    // Let the passes our own writes triggered go by: one resync observation first.
+    let gets = h.seshn.call_count(Op::Get);
+    eventually("a first resync", DEADLINE, || async {
+        (h.seshn.call_count(Op::Get) > gets).then_some(())
+    })
+    .await;
+    let events = h.event_records("acme").await;
+    assert!(events.iter().any(|(_, r, _)| r == "Ready"), "{events:?}");
+    let writes = h.metrics.total_writes();
+    let event_writes = |h: &Harness| {
+        h.metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("seshn_segment_operator_kube_writes_total{kind=\"event\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let published = event_writes(&h);
+    let gets = h.seshn.call_count(Op::Get);
+    eventually("three more resyncs", DEADLINE, || async {
+        (h.seshn.call_count(Op::Get) >= gets + 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.event_records("acme").await,
+        events,
+        "no new or repeated Event"
+    );
+    assert_eq!(event_writes(&h), published);
+    assert_eq!(h.metrics.total_writes(), writes, "no Kubernetes write");
+    assert_eq!(h.seshn.call_count(Op::Create), 1);
+    assert_eq!(h.seshn.call_count(Op::Update), 0);
+    assert_eq!(h.seshn.call_count(Op::List), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_404_a_webhook_of_ours_is_adopted_rather_than_a_second_one_created() {
+    let h = Harness::start().await;
+    let ready = h.create_ready("acme").await;
+    let old_id = ready.status.unwrap().webhook.unwrap().id.unwrap();
+    let hook = h.seshn.webhooks(API_KEY)[0].clone();
+    // The recorded webhook is gone, but one with our URL exists (the answer of an earlier
+    // re-registration was lost, say).
+    let other = h
+        .seshn
+        .insert_webhook_out_of_band(API_KEY, &hook.url, &hook.events);
+    assert!(h.seshn.delete_webhook_out_of_band(&old_id));
+    h.poke("acme").await;
+    eventually("the webhook of ours to be adopted", DEADLINE, || async {
+        let id = h.get("acme").await?.status?.webhook?.id?;
+        (id == other.id).then_some(())
+    })
+    .await;
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1, "never two");
+    assert_eq!(h.seshn.call_count(Op::Create), 1, "no create after the 404");
+    assert!(h.seshn.call_count(Op::List) >= 1);
+    h.wait_event("acme", "WebhookAdopted").await;
+    h.wait_condition("acme", "Ready", "True", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_written_from_a_stale_copy_keeps_the_recorded_webhook() {
+    use bridge_api::{SeshnSegmentBridgeStatus, WebhookStatus};
+    let mut h = Harness::start().await;
+    // Only this test writes the status.
+    h.stop_operator();
+    let stale = h.create(&h.manifest("acme")).await;
+    let api = h.bridges();
+    let recorded = SeshnSegmentBridgeStatus {
+        webhook: Some(WebhookStatus {
+            id: Some("wh_1".into()),
+            url: Some("https://hooks.example.com/acme/hooks/x".into()),
+            ..WebhookStatus::default()
+        }),
+        ..SeshnSegmentBridgeStatus::default()
+    };
+    assert!(
+        operator::status::write(&api, &stale, &recorded)
+            .await
+            .unwrap()
+    );
+    // A pass that started from the copy before that write knows no webhook.
+    let from_stale = SeshnSegmentBridgeStatus {
+        observed_generation: Some(1),
+        ..SeshnSegmentBridgeStatus::default()
+    };
+    assert!(
+        operator::status::write(&api, &stale, &from_stale)
+            .await
+            .unwrap()
+    );
+    let st = h.get("acme").await.unwrap().status.unwrap();
+    assert_eq!(st.observed_generation, Some(1), "the write happened");
+    assert_eq!(
+        st.webhook.and_then(|w| w.id).as_deref(),
+        Some("wh_1"),
+        "server-side apply must not drop the id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_disabled_at_seshn_is_reported_until_it_is_enabled_again() {
+    let h = Harness::start().await;
+    let ready = h.create_ready("acme").await;
+    let id = ready.status.unwrap().webhook.unwrap().id.unwrap();
+    assert!(h.seshn.set_webhook_enabled_out_of_band(&id, false));
+    h.poke("acme").await;
+    let b = h
+        .wait_condition("acme", "WebhookSynced", "False", Some("WebhookDisabled"))
+        .await;
+    let ready = b.condition("Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "WebhookDisabled")
+    );
+    assert_eq!(
+        b.status.unwrap().webhook.unwrap().id.as_deref(),
+        Some(id.as_str())
+    );
+    h.wait_event("acme", "WebhookDisabled").await;
+
+    assert!(h.seshn.set_webhook_enabled_out_of_band(&id, true));
+    h.poke("acme").await;
+    h.wait_condition("acme", "Ready", "True", None).await;
+    assert_eq!(h.seshn.call_count(Op::Create), 1);
+    assert_eq!(h.seshn.call_count(Op::Update), 0);
+    assert_eq!(h.seshn.webhooks(API_KEY).len(), 1);
+}

@@ -261,6 +261,53 @@ impl Harness {
         self.wait_condition(name, "Ready", "True", None).await
     }
 
+    /// Forces a pass of the bridge without changing its spec (a label change).
+    pub async fn poke(&self, bridge: &str) {
+        let value = format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        self.bridges()
+            .patch(
+                bridge,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"poke": value}}})),
+            )
+            .await
+            .expect("poking the bridge");
+    }
+
+    /// Every Event about the bridge as (name, reason, series count): a repeat of an Event
+    /// shows as a higher count, a new one as a new name.
+    pub async fn event_records(&self, bridge: &str) -> Vec<(String, String, i32)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let mut records: Vec<_> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding
+                    .as_ref()
+                    .is_some_and(|r| r.name.as_deref() == Some(bridge))
+            })
+            .map(|e| {
+                (
+                    e.metadata.name.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.series.as_ref().map_or(1, |s| s.count),
+                )
+            })
+            .collect();
+        records.sort();
+        records
+    }
+
     /// Event reasons recorded for a bridge (events.k8s.io/v1).
     pub async fn event_reasons(&self, bridge: &str) -> Vec<String> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
