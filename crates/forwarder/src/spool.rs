@@ -29,9 +29,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use std::sync::mpsc;
-
 use tokio::sync::{Notify, oneshot};
+
+use queue::{GroupQueue, Kind, Want, Woken};
+
+mod queue;
 
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 const DEAD: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("dead_letters");
@@ -275,7 +277,7 @@ fn decode_records(entry: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
 }
 
 struct Shared {
-    tx: mpsc::Sender<Op>,
+    queue: Arc<GroupQueue<Op>>,
     db: Arc<Database>,
     stats: Arc<SpoolStats>,
     notify: Arc<Notify>,
@@ -285,6 +287,13 @@ struct Shared {
     /// False once the writer thread ended (shutdown, or a panic: then nothing can be spooled).
     writer_alive: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: the writer commits what is queued and stops.
+        self.queue.close();
+    }
 }
 
 /// Clears the writer's liveness flag when the thread ends, also by unwinding from a panic.
@@ -330,13 +339,14 @@ impl Spool {
         }
         let db = Arc::new(db);
         let notify = Arc::new(Notify::new());
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(GroupQueue::default());
         let writer_alive = Arc::new(AtomicBool::new(true));
         let writer = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
             let notify = Arc::clone(&notify);
             let guard = AliveGuard(Arc::clone(&writer_alive));
+            let queue = Arc::clone(&queue);
             let dead_letter_max_bytes = options.dead_letter_max_bytes;
             std::thread::Builder::new()
                 .name("spool-writer".into())
@@ -346,15 +356,19 @@ impl Spool {
                         db: &db,
                         stats: &stats,
                         notify: &notify,
+                        queue: &queue,
                         dead_letter_max_bytes,
                     };
-                    writer.run(&rx, next_key);
+                    // Also when unwinding from a panic: later appends are refused, queued
+                    // ones answered.
+                    let _refuse = RefuseWhenGone(&writer);
+                    writer.run(next_key);
                 })
                 .map_err(|e| SpoolError::Storage(format!("starting the writer: {}", e.kind())))?
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                tx,
+                queue,
                 db,
                 stats,
                 notify,
@@ -447,7 +461,7 @@ impl Spool {
             cost,
             reply,
         };
-        if self.shared.tx.send(op).is_err() {
+        if self.shared.queue.push(op, Kind::Counted).is_err() {
             self.shared.stats.bytes.fetch_sub(cost, Ordering::AcqRel);
             return Err(SpoolError::Closed);
         }
@@ -512,15 +526,21 @@ impl Spool {
     /// dead-lettered; `cost` and `count` are those entries' totals. Applied with the next group
     /// commit; no need to wait for it.
     pub fn remove(&self, upto: u64, cost: u64, count: u64) {
-        // A closed channel means shutdown: the messages stay and are resent after restart,
-        // which Segment deduplicates by messageId.
-        let _ = self.shared.tx.send(Op::Remove { upto, cost, count });
+        // A gone writer means shutdown: the messages stay and are resent after restart, which
+        // Segment deduplicates by messageId.
+        let _ = self
+            .shared
+            .queue
+            .push(Op::Remove { upto, cost, count }, Kind::Lazy);
     }
 
     /// Copies messages into the dead letters (their entries are removed with [`Spool::remove`]).
     /// `records` are encoded with [`dead_record`].
     pub fn dead_letter(&self, records: Vec<Vec<u8>>, reason: DeadReason) {
-        let _ = self.shared.tx.send(Op::Dead { records, reason });
+        let _ = self
+            .shared
+            .queue
+            .push(Op::Dead { records, reason }, Kind::Lazy);
     }
 
     /// The exact stored bytes of one message, e.g. to dead-letter a record that does not read
@@ -549,7 +569,7 @@ impl Spool {
     /// Tests: kills the writer thread as a panic would.
     #[cfg(test)]
     pub(crate) fn crash_writer(&self) {
-        let _ = self.shared.tx.send(Op::Crash);
+        let _ = self.shared.queue.push(Op::Crash, Kind::Urgent);
         for _ in 0..500 {
             if !self.writer_alive() {
                 return;
@@ -572,7 +592,7 @@ impl Spool {
     /// Stops accepting appends, commits everything queued, and stops the writer. Blocking.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        let _ = self.shared.tx.send(Op::Shutdown);
+        let _ = self.shared.queue.push(Op::Shutdown, Kind::Urgent);
         let handle = self
             .shared
             .writer
@@ -651,11 +671,31 @@ struct Writer<'a> {
     db: &'a Database,
     stats: &'a SpoolStats,
     notify: &'a Notify,
+    queue: &'a GroupQueue<Op>,
     dead_letter_max_bytes: u64,
 }
 
+/// Once the writer is gone, refuses every later append and answers the queued ones (their
+/// reservations released): nothing of them is on disk.
+struct RefuseWhenGone<'a, 'w>(&'a Writer<'w>);
+
+impl Drop for RefuseWhenGone<'_, '_> {
+    fn drop(&mut self) {
+        for op in self.0.queue.close_receiver() {
+            if let Op::Append { cost, reply, .. } = op {
+                self.0.stats.bytes.fetch_sub(cost, Ordering::AcqRel);
+                let _ = reply.send(Err(SpoolError::Closed));
+            }
+        }
+    }
+}
+
+fn is_append(op: &Op) -> bool {
+    matches!(op, Op::Append { .. })
+}
+
 impl Writer<'_> {
-    fn run(&self, rx: &mpsc::Receiver<Op>, mut next_key: u64) {
+    fn run(&self, mut next_key: u64) {
         let mut ops: Vec<Op> = Vec::with_capacity(256);
         let mut stop = false;
         // Appends in the last group: how many requests are usually in flight together.
@@ -664,20 +704,17 @@ impl Writer<'_> {
         // failed commit) must be committed at the latest.
         let mut flush_by: Option<std::time::Instant> = None;
         while !stop {
-            // Removals alone may wait (until `flush_by`); anything else is committed at once.
-            let first = match flush_by {
-                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                Some(at) => {
-                    rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now()))
-                }
+            // Removals alone may wait (until `flush_by`, or until there are too many of them);
+            // anything else is committed at once.
+            let want = Want {
+                counted: 1,
+                lazy: flush_by.is_none(),
+                items: MAX_LAZY.saturating_sub(ops.len()).max(1),
             };
-            let mut forced = match first {
-                Ok(op) => {
-                    ops.push(op);
-                    false
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let mut forced = match self.queue.wait(want, flush_by) {
+                Woken::Ready => false,
+                Woken::Timeout => true,
+                Woken::Closed => {
                     stop = true;
                     true
                 }
@@ -686,32 +723,28 @@ impl Writer<'_> {
             // moment to join. Under steady load the same clients come back every round, so the
             // last group's size is a good guess of who is coming: wait (at most GROUP_WAIT) until
             // that many appends are here. One commit (one fsync) then answers all of them,
-            // instead of several small commits whose fixed CPU cost would dominate.
-            let waited = std::time::Instant::now();
+            // instead of several small commits whose fixed CPU cost would dominate. The queue
+            // wakes the writer once the group is complete, not once per arriving request.
+            let group_by = std::time::Instant::now() + GROUP_WAIT;
+            let mut gave_up = false;
             loop {
-                while ops.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(op) => ops.push(op),
-                        Err(_) => break,
-                    }
-                }
-                let appends = ops
-                    .iter()
-                    .filter(|op| matches!(op, Op::Append { .. }))
-                    .count();
-                let elapsed = waited.elapsed();
-                if appends == 0
+                let room = MAX_GROUP.saturating_sub(ops.len());
+                self.queue.drain_into(&mut ops, room, is_append);
+                let appends = ops.iter().filter(|op| is_append(op)).count();
+                if gave_up
+                    || appends == 0
                     || appends >= expected
                     || ops.len() >= MAX_GROUP
-                    || elapsed >= GROUP_WAIT
                     || ops.iter().any(|op| matches!(op, Op::Shutdown))
                 {
                     break;
                 }
-                match rx.recv_timeout(GROUP_WAIT.saturating_sub(elapsed)) {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
+                let more = Want {
+                    counted: expected - appends,
+                    lazy: false,
+                    items: MAX_GROUP - ops.len(),
+                };
+                gave_up = self.queue.wait(more, Some(group_by)) != Woken::Ready;
             }
             #[cfg(test)]
             assert!(
@@ -734,10 +767,7 @@ impl Writer<'_> {
                 flush_by.get_or_insert_with(|| std::time::Instant::now() + LAZY_COMMIT);
                 continue;
             }
-            let appends = ops
-                .iter()
-                .filter(|op| matches!(op, Op::Append { .. }))
-                .count();
+            let appends = ops.iter().filter(|op| is_append(op)).count();
             if appends > 0 {
                 expected = appends.max(1);
             }
@@ -779,13 +809,7 @@ impl Writer<'_> {
                 }
             }
         }
-        // Whatever arrived after the shutdown op is refused.
-        while let Ok(op) = rx.try_recv() {
-            if let Op::Append { cost, reply, .. } = op {
-                self.stats.bytes.fetch_sub(cost, Ordering::AcqRel);
-                let _ = reply.send(Err(SpoolError::Closed));
-            }
-        }
+        // Whatever arrives after the shutdown op is refused (`RefuseWhenGone`).
     }
 
     /// Applies a commit's outcome to the counters and answers the waiting appends. Counters
