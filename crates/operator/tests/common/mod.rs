@@ -280,36 +280,8 @@ impl Harness {
             .expect("poking the bridge");
     }
 
-    /// Every Event about the bridge as (name, reason, series count): a repeat of an Event
-    /// shows as a higher count, a new one as a new name.
-    pub async fn event_records(&self, bridge: &str) -> Vec<(String, String, i32)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), &self.ns);
-        let mut records: Vec<_> = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.regarding
-                    .as_ref()
-                    .is_some_and(|r| r.name.as_deref() == Some(bridge))
-            })
-            .map(|e| {
-                (
-                    e.metadata.name.clone().unwrap_or_default(),
-                    e.reason.clone().unwrap_or_default(),
-                    e.series.as_ref().map_or(1, |s| s.count),
-                )
-            })
-            .collect();
-        records.sort();
-        records
-    }
-
-    /// Event reasons recorded for a bridge (events.k8s.io/v1).
-    pub async fn event_reasons(&self, bridge: &str) -> Vec<String> {
+    /// Every Event about the bridge (events.k8s.io/v1).
+    async fn events_about(&self, bridge: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.ns);
         api.list(&ListParams::default())
@@ -322,6 +294,33 @@ impl Harness {
                     .as_ref()
                     .is_some_and(|r| r.name.as_deref() == Some(bridge))
             })
+            .collect()
+    }
+
+    /// Every Event about the bridge as (name, reason, series count): a repeat of an Event
+    /// shows as a higher count, a new one as a new name.
+    pub async fn event_records(&self, bridge: &str) -> Vec<(String, String, i32)> {
+        let mut records: Vec<_> = self
+            .events_about(bridge)
+            .await
+            .into_iter()
+            .map(|e| {
+                (
+                    e.metadata.name.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.series.as_ref().map_or(1, |s| s.count),
+                )
+            })
+            .collect();
+        records.sort();
+        records
+    }
+
+    /// Event reasons recorded for a bridge.
+    pub async fn event_reasons(&self, bridge: &str) -> Vec<String> {
+        self.events_about(bridge)
+            .await
+            .into_iter()
             .filter_map(|e| e.reason)
             .collect()
     }
