@@ -268,6 +268,11 @@ pub async fn run(
 
 /// Sends one batch: retries forever until a drain deadline is set, then until that deadline.
 /// Every attempt's outcome feeds the "delivery blocked" gauge.
+///
+/// When shutdown begins while the batch is out, the attempt in flight is not cut short and
+/// restarted: its bytes may already have been written (a file or stdout write cannot be
+/// recalled, Segment may have stored the request), and a restart would send the batch twice.
+/// It goes on, bounded by the deadline from then on.
 async fn deliver(
     client: &Client,
     batch: &[RawMessage],
@@ -275,23 +280,46 @@ async fn deliver(
     drain: &mut DrainSignal,
     metrics: &Metrics,
 ) -> Result<u32, DeliveryError> {
-    let observe = |outcome: Result<(), &segment::SendError>| metrics.attempt(outcome);
-    loop {
-        let deadline = *drain.borrow_and_update();
-        if deadline.is_some() {
-            return send_with_retries_observed(client, batch, retry, deadline, observe).await;
-        }
+    // Counted for the deadline's error (an atomic only so the future stays `Send`).
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let observe = |outcome: Result<(), &segment::SendError>| {
+        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.attempt(outcome);
+    };
+    let deadline = *drain.borrow_and_update();
+    if deadline.is_some() {
+        return send_with_retries_observed(client, batch, retry, deadline, observe).await;
+    }
+    let send = send_with_retries_observed(client, batch, retry, None, observe);
+    tokio::pin!(send);
+    let deadline = loop {
         tokio::select! {
-            result = send_with_retries_observed(client, batch, retry, None, observe) => return result,
-            // Shutdown began: restart the delivery with the deadline (an attempt cut short is
-            // harmless, message ids make any duplicate disappear at Segment).
+            result = &mut send => return result,
             changed = drain.changed() => {
                 if changed.is_err() {
                     // The signal's owner is gone: nobody will ever set a deadline.
-                    return send_with_retries_observed(client, batch, retry, None, observe).await;
+                    return send.await;
+                }
+                let deadline = *drain.borrow_and_update();
+                if let Some(at) = deadline {
+                    break at;
                 }
             }
         }
+    };
+    match tokio::time::timeout_at(deadline, &mut send).await {
+        Ok(result) => result,
+        Err(_) => Err(DeliveryError::DeadlineExceeded {
+            // The attempt or the wait the deadline cut short counts as one more.
+            attempts: attempts
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(1),
+            last: segment::SendError::Retryable {
+                status: None,
+                retry_after: None,
+                reason: "shutdown deadline reached before the batch was accepted".to_owned(),
+            },
+        }),
     }
 }
 

@@ -469,3 +469,30 @@ async fn unreadable_spool_records_are_dead_lettered_as_corrupt_with_their_bytes(
     assert_eq!(line["reason"], "corrupt");
     assert_eq!(line["text"], "{\"type\":\"track\",");
 }
+
+/// Shutdown that begins while a batch is out does not cut the attempt short and send the batch
+/// again: the sink got it once, and it is not counted as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_an_attempt_lets_it_finish_instead_of_sending_twice() {
+    let sink = SegmentSink::start(WRITE_KEY).await.unwrap();
+    // Under the client's 2 s timeout: a slow success.
+    sink.push_fault(Fault::Delay(Duration::from_millis(1500)));
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(config(&sink.url(), dir.path())).await;
+    let addr = running.addr();
+    let http = client();
+    assert_eq!(
+        post_signed(&http, addr, "booking.created", &booking(1))
+            .await
+            .unwrap(),
+        200
+    );
+    assert!(eventually(Duration::from_secs(10), || async { sink.requests() == 1 }).await);
+    running.shutdown();
+    running.wait().await.unwrap();
+    assert_eq!(sink.requests(), 1, "the batch was sent again");
+    let messages = sink.messages();
+    assert!(!messages.is_empty());
+    assert_eq!(messages.len(), sink.unique_messages().len());
+    assert_eq!(sink.stats().faults_served, 1);
+}
