@@ -361,14 +361,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_spool_writer_fails_readiness_and_health() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&SpoolOptions {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
-            max_message_bytes: 32 * 1024,
-            cache_bytes: 1 << 20,
-            dead_letter_max_bytes: 1 << 20,
-        })
-        .unwrap();
+        let spool = Spool::open(&SpoolOptions::small(dir.path())).unwrap();
         let state = Arc::new(AppState {
             verifier: Verifier::new(["s"]).unwrap(),
             mapper: Mapper::new(MappingConfig::default()).unwrap(),

@@ -132,6 +132,21 @@ pub struct SpoolOptions {
     pub dead_letter_max_bytes: u64,
 }
 
+impl SpoolOptions {
+    /// Options for a spool in `dir` with small bounds (1 MiB of messages, of dead letters and
+    /// of page cache) and Segment's 32 KB message limit: for tools and tests. The forwarder
+    /// sets every bound from its configuration.
+    pub fn small(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes: 1 << 20,
+            max_message_bytes: 32 * 1024,
+            cache_bytes: 1 << 20,
+            dead_letter_max_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Counters and gauges of the spool (read by `/metrics`).
 #[derive(Debug, Default)]
 pub struct SpoolStats {
@@ -727,10 +742,11 @@ impl Writer<'_> {
             // wakes the writer once the group is complete, not once per arriving request.
             let group_by = std::time::Instant::now() + GROUP_WAIT;
             let mut gave_up = false;
+            let mut appends;
             loop {
                 let room = MAX_GROUP.saturating_sub(ops.len());
                 self.queue.drain_into(&mut ops, room, is_append);
-                let appends = ops.iter().filter(|op| is_append(op)).count();
+                appends = ops.iter().filter(|op| is_append(op)).count();
                 if gave_up
                     || appends == 0
                     || appends >= expected
@@ -767,7 +783,7 @@ impl Writer<'_> {
                 flush_by.get_or_insert_with(|| std::time::Instant::now() + LAZY_COMMIT);
                 continue;
             }
-            let appends = ops.iter().filter(|op| is_append(op)).count();
+            // Counted after the last drain of the group loop: still the group's appends.
             if appends > 0 {
                 expected = appends.max(1);
             }
@@ -1054,11 +1070,9 @@ mod tests {
 
     fn options(dir: &Path, max_bytes: u64) -> SpoolOptions {
         SpoolOptions {
-            dir: dir.to_path_buf(),
             max_bytes,
             max_message_bytes: 100,
-            cache_bytes: 1 << 20,
-            dead_letter_max_bytes: 1 << 20,
+            ..SpoolOptions::small(dir)
         }
     }
 

@@ -246,11 +246,8 @@ fn dead_letters_subcommand_prints_json_lines() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let spool = forwarder::spool::Spool::open(&forwarder::spool::SpoolOptions {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
             max_message_bytes: 10,
-            cache_bytes: 1 << 20,
-            dead_letter_max_bytes: 1 << 20,
+            ..forwarder::spool::SpoolOptions::small(dir.path())
         })
         .unwrap();
         spool

@@ -411,14 +411,9 @@ async fn unreadable_spool_records_are_dead_lettered_as_corrupt_with_their_bytes(
     let cfg = config(&sink.url(), dir.path());
     // Write the spool directly, as an earlier run would have left it.
     {
-        let spool = forwarder::spool::Spool::open(&forwarder::spool::SpoolOptions {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 1 << 20,
-            max_message_bytes: 32 * 1024,
-            cache_bytes: 1 << 20,
-            dead_letter_max_bytes: 1 << 20,
-        })
-        .unwrap();
+        let spool =
+            forwarder::spool::Spool::open(&forwarder::spool::SpoolOptions::small(dir.path()))
+                .unwrap();
         let good =
             |id: &str| format!(r#"{{"type":"track","event":"E","userId":"u","messageId":"{id}"}}"#);
         let messages = [
